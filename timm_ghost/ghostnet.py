@@ -1,0 +1,400 @@
+"""GhostNet (Han et al., CVPR 2020, arXiv:1911.11907) registered in timm as ghostnet_050 / _100 / _130.
+
+The state-dict layout is that of timm's built-in ``timm.models.ghostnet`` key for key, so timm's Hub weights load
+unchanged and checkpoints trained here load into plain timm. Beyond the built-in: stochastic depth
+(``drop_path_rate``), output stride 16 / 8 by dilation, BN folding through ``timm.utils.reparameterize_model``,
+safetensors-only remote weights and argument checks with clear errors.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Linear, SelectAdaptivePool2d, create_conv2d, get_device_dtype, make_divisible
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from .blocks import ConvBnAct, GhostBottleneck, StemNorm
+from .hub import checkpoint_filter_fn, prepare_pretrained
+
+__all__ = ['GhostNet', 'BlockCfg', 'GHOSTNET_STAGES', 'PaperResult', 'PAPER_RESULTS', 'WIDTHS']
+
+
+@dataclass(frozen=True)
+class BlockCfg:
+    """One row of the paper's table (width 1.0)."""
+    kernel_size: int
+    exp_chs: int
+    out_chs: int
+    se_ratio: float
+    stride: int
+
+
+# The paper's table, row for row. Rows are grouped into stages the way timm's built-in groups them: the grouping
+# fixes the state-dict keys ``blocks.{stage}.{block}``.
+_B = BlockCfg
+GHOSTNET_STAGES: Tuple[Tuple[BlockCfg, ...], ...] = (
+    (_B(3, 16, 16, 0., 1),),
+    (_B(3, 48, 24, 0., 2),),
+    (_B(3, 72, 24, 0., 1),),
+    (_B(5, 72, 40, .25, 2),),
+    (_B(5, 120, 40, .25, 1),),
+    (_B(3, 240, 80, 0., 2),),
+    (_B(3, 200, 80, 0., 1), _B(3, 184, 80, 0., 1), _B(3, 184, 80, 0., 1), _B(3, 480, 112, .25, 1),
+     _B(3, 672, 112, .25, 1)),
+    (_B(5, 672, 160, .25, 2),),
+    (_B(5, 960, 160, 0., 1), _B(5, 960, 160, .25, 1), _B(5, 960, 160, 0., 1), _B(5, 960, 160, .25, 1)),
+)
+STEM_CHS = 16
+HEAD_CHS = 1280  # the pre-logits conv, not scaled by width
+WIDTHS: Dict[str, float] = {'ghostnet_050': 0.5, 'ghostnet_100': 1.0, 'ghostnet_130': 1.3}
+_POOL_TYPES = ('', 'avg', 'max', 'avgmax', 'fast', 'fastavg', 'fastmax', 'fastavgmax')
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """ImageNet-1k numbers from the paper (224 px, single crop)."""
+    params_m: float
+    macs_m: float
+    top1: float
+    top5: float
+
+
+PAPER_RESULTS: Dict[str, PaperResult] = {
+    'ghostnet_050': PaperResult(params_m=2.6, macs_m=42, top1=66.2, top5=86.6),
+    'ghostnet_100': PaperResult(params_m=5.2, macs_m=141, top1=73.9, top5=91.4),
+    'ghostnet_130': PaperResult(params_m=7.3, macs_m=226, top1=75.7, top5=92.7),
+}
+
+
+def _check_input_channels(x: torch.Tensor, in_chans: int) -> None:
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f'GhostNet input: expected a (N, {in_chans}, H, W) tensor ({in_chans} channels, in_chans={in_chans}), '
+            f'got shape {tuple(x.shape)} ({x.shape[1] if x.ndim > 1 else "no"} channels)')
+
+
+torch.fx.wrap('_check_input_channels')  # a leaf in fx graphs (timm's feature extraction), still checked at run time
+
+
+class GhostNet(nn.Module):
+    """GhostNet v1.
+
+    Input ``(N, in_chans, H, W)``; ``forward`` returns logits ``(N, num_classes)`` (pooled ``(N, 1280)`` pre-logits
+    when ``num_classes=0``). ``forward_features`` returns ``(N, num_features, H / s, W / s)`` with
+    ``s = output_stride``.
+    """
+
+    def __init__(
+            self,
+            stages: Sequence[Sequence[BlockCfg]] = GHOSTNET_STAGES,
+            num_classes: int = 1000,
+            width: float = 1.0,
+            in_chans: int = 3,
+            output_stride: int = 32,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.2,
+            drop_path_rate: float = 0.,
+            drop_block_rate: Optional[float] = None,
+            bn_momentum: Optional[float] = None,
+            bn_eps: Optional[float] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        """
+        Args:
+            stages: the architecture table, grouped into stages.
+            num_classes: classifier outputs; 0 removes the classifier (forward returns pooled 1280-d features).
+            width: channel multiplier (0.5, 1.0, 1.3 for the registered variants).
+            in_chans: input image channels.
+            output_stride: 32, or 16 / 8 to dilate the last stages instead of striding (dense prediction).
+            global_pool: one of '', 'avg', 'max', 'avgmax' and their 'fast' variants.
+            drop_rate: dropout before the classifier.
+            drop_path_rate: stochastic depth, rising linearly over the blocks to this rate.
+            drop_block_rate: not supported by GhostNet; only None or 0 are accepted (timm's train.py passes None).
+            bn_momentum, bn_eps: BatchNorm overrides (None keeps torch's defaults).
+        """
+        super().__init__()
+        if not width > 0:
+            raise ValueError(f'width must be > 0, got {width!r}')
+        if in_chans < 1:
+            raise ValueError(f'in_chans must be >= 1, got {in_chans!r}')
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0 (0 removes the classifier), got {num_classes!r}')
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f'output_stride must be one of 8, 16, 32, got {output_stride!r}')
+        _check_global_pool(global_pool)
+        if not 0. <= drop_rate < 1. or not 0. <= drop_path_rate < 1.:
+            raise ValueError(f'drop_rate and drop_path_rate must be in [0, 1), got {drop_rate!r}, {drop_path_rate!r}')
+        if drop_block_rate:
+            raise ValueError(f'drop_block_rate is not supported by GhostNet (got {drop_block_rate!r}); '
+                             f'use drop_path_rate for stochastic depth')
+        dd = {'device': device, 'dtype': dtype}
+        bn_kwargs: Dict[str, float] = {}
+        if bn_momentum is not None:
+            bn_kwargs['momentum'] = bn_momentum
+        if bn_eps is not None:
+            bn_kwargs['eps'] = bn_eps
+        norm_layer = partial(nn.BatchNorm2d, **bn_kwargs)
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.width = width
+        self.output_stride = output_stride
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        stem_chs = make_divisible(STEM_CHS * width, 4)
+        self.conv_stem = create_conv2d(in_chans, stem_chs, 3, stride=2, **dd)
+        self.bn1 = StemNorm(stem_chs, self.conv_stem, **bn_kwargs, **dd)
+        self.act1 = nn.ReLU(inplace=True)
+        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=stem_chs, reduction=2, module='conv_stem')]
+
+        num_blocks = sum(len(s) for s in stages)
+        prev_chs, net_stride, dilation, block_idx = stem_chs, 2, 1, 0
+        stage_modules: List[nn.Module] = []
+        for stage_idx, stage in enumerate(stages):
+            blocks = []
+            for cfg in stage:
+                stride, next_dilation = cfg.stride, dilation
+                if stride > 1:
+                    if net_stride * stride > output_stride:
+                        next_dilation, stride = dilation * stride, 1  # dilate instead of striding
+                    else:
+                        net_stride *= stride
+                out_chs = make_divisible(cfg.out_chs * width, 4)
+                blocks.append(GhostBottleneck(
+                    prev_chs, make_divisible(cfg.exp_chs * width, 4), out_chs, cfg.kernel_size,
+                    stride=stride, dilation=dilation, downsample=cfg.stride > 1, se_ratio=cfg.se_ratio,
+                    norm_layer=norm_layer, drop_path_rate=drop_path_rate * block_idx / max(num_blocks - 1, 1), **dd,
+                ))
+                prev_chs, dilation, block_idx = out_chs, next_dilation, block_idx + 1
+            if stage[-1].stride > 1:  # timm's built-in taps each downsampling stage
+                self.feature_info.append(dict(num_chs=prev_chs, reduction=net_stride, module=f'blocks.{stage_idx}'))
+            stage_modules.append(nn.Sequential(*blocks))
+        out_chs = make_divisible(stages[-1][-1].exp_chs * width, 4)
+        stage_modules.append(nn.Sequential(ConvBnAct(prev_chs, out_chs, 1, norm_layer=norm_layer, **dd)))
+        self.blocks = nn.Sequential(*stage_modules)
+        self.stage_ends = [-1] + [int(info['module'].split('.')[-1]) for info in self.feature_info[1:]]
+
+        self.num_features = out_chs
+        self.head_hidden_size = HEAD_CHS
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        self.conv_head = nn.Conv2d(out_chs, HEAD_CHS, 1, bias=True, **dd)
+        self.act2 = nn.ReLU(inplace=True)
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.classifier = Linear(HEAD_CHS, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^conv_stem|bn1',
+            blocks=[
+                (r'^blocks\.(\d+)' if coarse else r'^blocks\.(\d+)\.(\d+)', None),
+                (r'conv_head', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier with a fresh one of ``num_classes`` outputs (0 removes it)."""
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got {num_classes!r}')
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        if global_pool is not None:
+            _check_global_pool(global_pool)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.classifier = Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.classifier.train(self.training)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward returning the feature maps of ``feature_info`` (stem conv, then each downsampling stage).
+
+        Args:
+            x: ``(N, in_chans, H, W)`` images.
+            indices: take the last n if int, all if None, else these indices of ``feature_info``.
+            norm: unused (no final norm in GhostNet), kept for the timm contract.
+            stop_early: stop after the last requested feature map.
+            output_fmt: only 'NCHW'.
+            intermediates_only: return only the list of feature maps.
+        Returns:
+            ``(final_features, [feature maps])`` or just the list.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        take_indices = [self.stage_ends[i] + 1 for i in take_indices]
+        max_index = self.stage_ends[max_index]
+
+        if not torch.jit.is_scripting():
+            _check_input_channels(x, self.in_chans)
+        x = self.conv_stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        x = self.act1(self.bn1(x))
+        # the blocks after the last tap (incl. the final conv) belong to the final features
+        if torch.jit.is_scripting() or not stop_early or max_index == self.stage_ends[-1]:
+            stages = self.blocks
+        else:
+            stages = self.blocks[:max_index + 1]
+        for feat_idx, stage in enumerate(stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the layers not needed for the ``feature_info`` maps at ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        num_chs = self.feature_info[max_index]['num_chs']
+        max_index = self.stage_ends[max_index]
+        if not (prune_norm or prune_head or max_index < self.stage_ends[-1]):
+            return take_indices
+        self.blocks = self.blocks[:max_index + 1]
+        if max_index < 0:
+            self.bn1 = nn.Identity()  # the stem feature is the conv output
+            self.act1 = nn.Identity()
+        self.num_features = self.head_hidden_size = num_chs
+        self.conv_head = nn.Identity()
+        self.act2 = nn.Identity()
+        self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            _check_input_channels(x, self.in_chans)
+        x = self.conv_stem(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x, flatten=True)
+        else:
+            x = self.blocks(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.conv_head(x)
+        x = self.act2(x)
+        x = self.flatten(x)
+        if self.drop_rate > 0.:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def _check_global_pool(global_pool: str) -> None:
+    if global_pool not in _POOL_TYPES:
+        raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {global_pool!r}')
+
+
+def _create_ghostnet(variant: str, pretrained: bool = False, **kwargs: Any) -> GhostNet:
+    pretrained_cfg = kwargs.pop('pretrained_cfg', None)
+    overlay = kwargs.pop('pretrained_cfg_overlay', None)
+    # weights are resolved here (safetensors only over the network) and handed to timm's loader as a local file
+    pretrained_cfg, overlay, restore_cfg = prepare_pretrained(variant, pretrained, pretrained_cfg, overlay)
+    model = build_model_with_cfg(
+        GhostNet,
+        variant,
+        pretrained,
+        pretrained_cfg=pretrained_cfg,
+        pretrained_cfg_overlay=overlay,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True),
+        width=WIDTHS[variant],
+        **kwargs,
+    )
+    if restore_cfg is not None:
+        restore_cfg(model)
+    return model
+
+
+def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
+    paper = PAPER_RESULTS[variant]
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv_stem', 'classifier': 'classifier',
+        'license': 'apache-2.0',
+        'paper_name': 'GhostNet: More Features from Cheap Operations',
+        'paper_ids': 'arXiv:1911.11907',
+        'notes': (
+            f'paper (ImageNet-1k, 224 px): params {paper.params_m}M, MACs {paper.macs_m:g}M, '
+            f'top-1 {paper.top1}, top-5 {paper.top5}',
+        ),
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'ghostnet_050.untrained': _cfg('ghostnet_050'),
+    'ghostnet_100.in1k': _cfg(
+        'ghostnet_100',
+        hf_hub_id='timm/',
+        origin_url='https://github.com/huawei-noah/Efficient-AI-Backbones',
+    ),
+    'ghostnet_130.untrained': _cfg('ghostnet_130'),
+})
+
+
+# Replacing timm's built-in entries of these names is the point of this package: keep timm's warning quiet.
+with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='Overwriting ghostnet_', category=UserWarning)
+
+    @register_model
+    def ghostnet_050(pretrained: bool = False, **kwargs: Any) -> GhostNet:
+        """GhostNet-0.5x"""
+        return _create_ghostnet('ghostnet_050', pretrained=pretrained, **kwargs)
+
+    @register_model
+    def ghostnet_100(pretrained: bool = False, **kwargs: Any) -> GhostNet:
+        """GhostNet-1.0x"""
+        return _create_ghostnet('ghostnet_100', pretrained=pretrained, **kwargs)
+
+    @register_model
+    def ghostnet_130(pretrained: bool = False, **kwargs: Any) -> GhostNet:
+        """GhostNet-1.3x"""
+        return _create_ghostnet('ghostnet_130', pretrained=pretrained, **kwargs)
