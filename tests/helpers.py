@@ -23,9 +23,9 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
         elif t.ndim == 1:  # norm weight
             t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.75)
-        else:  # conv / linear weight: fan-in scaled so activations stay O(1) through the depth
+        else:  # conv / linear weight: LeCun-scaled so activations stay O(1) through the depth
             fan_in = t[0].numel()
-            t.copy_(torch.randn(t.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+            t.copy_(torch.randn(t.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
     return model
 
 
