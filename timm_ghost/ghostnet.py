@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Linear, SelectAdaptivePool2d, create_conv2d, get_device_dtype, make_divisible
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._builder import pretrained_cfg_for_features
 from timm.models._features import feature_take_indices
 
 from .blocks import ConvBnAct, GhostBottleneck, StemNorm
@@ -334,7 +335,7 @@ def _create_ghostnet(variant: str, pretrained: bool = False, **kwargs: Any) -> G
     pretrained_cfg = kwargs.pop('pretrained_cfg', None)
     overlay = kwargs.pop('pretrained_cfg_overlay', None)
     # weights are resolved here (safetensors only over the network) and handed to timm's loader as a local file
-    pretrained_cfg, overlay, restore_cfg = prepare_pretrained(variant, pretrained, pretrained_cfg, overlay)
+    pretrained_cfg, overlay, reported_cfg = prepare_pretrained(variant, pretrained, pretrained_cfg, overlay)
     model = build_model_with_cfg(
         GhostNet,
         variant,
@@ -346,8 +347,10 @@ def _create_ghostnet(variant: str, pretrained: bool = False, **kwargs: Any) -> G
         width=WIDTHS[variant],
         **kwargs,
     )
-    if restore_cfg is not None:
-        restore_cfg(model)
+    if reported_cfg is not None:  # report the weights' origin (Hub id, URL), not the local copy loaded
+        if not isinstance(model, GhostNet):
+            reported_cfg = pretrained_cfg_for_features(reported_cfg)
+        model.pretrained_cfg = model.default_cfg = reported_cfg
     return model
 
 

@@ -1,0 +1,116 @@
+"""GhostNet v1 in timm's registry: registration, architecture, weight compatibility with timm's built-in."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import MODEL_NAMES, builtin_model, randomize_
+from safetensors.torch import save_file
+
+import timm
+import timm_ghost
+from timm_ghost.models_info import count_macs, count_params
+
+X64 = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def test_import_registers_our_class_for_each_width():
+    for name in MODEL_NAMES:
+        model = timm.create_model(name)
+        assert type(model) is timm_ghost.GhostNet
+        assert model.width == timm_ghost.WIDTHS[name]
+        assert timm.models.model_entrypoint(name).__module__ == 'timm_ghost.ghostnet'
+
+
+def test_registry_queries_answer_as_for_the_builtins():
+    assert timm.list_models('ghostnet_*') == ['ghostnet_050', 'ghostnet_100', 'ghostnet_130']
+    assert set(MODEL_NAMES) <= set(timm.list_models(module='ghostnet'))
+    assert {'ghostnetv2_100', 'ghostnetv3_100'} <= set(timm.list_models(module='ghostnet'))  # timm's others stay
+    assert timm.list_pretrained('ghostnet_*') == ['ghostnet_100.in1k']
+    assert 'ghostnet_100.in1k' in timm.list_pretrained()
+    assert timm.get_pretrained_cfg('ghostnet_100').hf_hub_id == 'timm/ghostnet_100.in1k'
+    assert timm.get_pretrained_cfg('ghostnet_050').tag == 'untrained'
+    assert timm.get_pretrained_cfg('ghostnet_130').tag == 'untrained'
+    assert timm.is_model_pretrained('ghostnet_100') and not timm.is_model_pretrained('ghostnet_050')
+
+
+def test_import_is_silent_and_idempotent():
+    code = (
+        'import importlib, timm, timm_ghost, timm_ghost.ghostnet as g\n'
+        'importlib.reload(g)\n'
+        'import timm_ghost\n'
+        'm = timm.create_model("ghostnet_100")\n'
+        'assert type(m).__module__ == "timm_ghost.ghostnet", type(m)\n'
+        'assert timm.list_models("ghostnet_*") == ["ghostnet_050", "ghostnet_100", "ghostnet_130"]\n'
+        'print("ok")\n'
+    )
+    res = subprocess.run([sys.executable, '-W', 'error', '-c', code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == 'ok'
+    assert 'Overwriting' not in res.stderr
+
+
+def test_architecture_is_the_papers_table():
+    rows = [(b.kernel_size, b.exp_chs, b.out_chs, b.se_ratio > 0, b.stride)
+            for stage in timm_ghost.GHOSTNET_STAGES for b in stage]
+    assert rows == [
+        (3, 16, 16, False, 1), (3, 48, 24, False, 2), (3, 72, 24, False, 1), (5, 72, 40, True, 2),
+        (5, 120, 40, True, 1), (3, 240, 80, False, 2), (3, 200, 80, False, 1), (3, 184, 80, False, 1),
+        (3, 184, 80, False, 1), (3, 480, 112, True, 1), (3, 672, 112, True, 1), (5, 672, 160, True, 2),
+        (5, 960, 160, False, 1), (5, 960, 160, True, 1), (5, 960, 160, False, 1), (5, 960, 160, True, 1),
+    ]
+    model = timm.create_model('ghostnet_100')
+    assert model.conv_stem.out_channels == 16 and model.num_features == 960 and model.head_hidden_size == 1280
+    se = model.blocks[3][0].se
+    assert (se.conv_reduce.in_channels, se.conv_reduce.out_channels) == (72, 20)  # make_divisible(72 / 4, 4)
+    assert isinstance(se.gate, torch.nn.Hardsigmoid)
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_params_and_macs_within_2_percent_of_paper(name):
+    model = timm.create_model(name)
+    paper = timm_ghost.PAPER_RESULTS[name]
+    params, macs = count_params(model) / 1e6, count_macs(model, 224) / 1e6
+    assert abs(params - paper.params_m) / paper.params_m < 0.02, params
+    assert abs(macs - paper.macs_m) / paper.macs_m < 0.02, macs
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_builtin_weights_load_through_timms_pretrained_path(name, tmp_path):
+    builtin = randomize_(builtin_model(name), seed=1).eval()
+    path = tmp_path / 'model.safetensors'
+    save_file(builtin.state_dict(), str(path))
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert type(model) is timm_ghost.GhostNet
+    assert list(model.state_dict()) == list(builtin.state_dict())
+    with torch.no_grad():
+        assert (model(X64) - builtin(X64)).abs().max().item() <= 1e-5
+    assert model.pretrained_cfg['file'] == str(path)
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_our_checkpoints_load_into_plain_timm(name, tmp_path):
+    ours = randomize_(timm.create_model(name), seed=2).eval()
+    path = tmp_path / 'ours.pth'
+    torch.save(ours.state_dict(), path)
+    builtin = builtin_model(name).eval()
+    result = builtin.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    with torch.no_grad():
+        assert (ours(X64) - builtin(X64)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_original_authors_checkpoint_layout_loads(name, tmp_path):
+    # huawei-noah ghostnet_pytorch: timm's key names, saved from DataParallel with thop's profiling buffers
+    reference = randomize_(builtin_model(name), seed=3).eval()
+    sd = {f'module.{k}': v for k, v in reference.state_dict().items()}
+    sd.update({'module.total_ops': torch.zeros(1, dtype=torch.float64), 'module.total_params': torch.zeros(1)})
+    sd['module.blocks.0.0.total_ops'] = torch.zeros(1, dtype=torch.float64)
+    path = tmp_path / 'ghostnet_1x.pth'
+    torch.save({'state_dict': sd, 'epoch': 400}, path)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    with torch.no_grad():
+        assert (model(X64) - reference(X64)).abs().max().item() <= 1e-5
