@@ -5,11 +5,22 @@ with ``torch.load(weights_only=True)`` through timm's own loader. ``prepare_pret
 weight source (``pretrained=True``, ``pretrained_cfg_overlay=dict(hf_hub_id=...)`` / ``dict(file=...)``,
 ``hf-hub:``, ``local-dir:``) to a local file before timm's ``load_pretrained`` runs, so the in_chans / num_classes
 adaptation stays timm's.
+
+Hub downloads go through ``huggingface_hub.hf_hub_download`` (its cache, lock, progress bar and offline mode). One
+bounded HEAD request comes first, because on a failing HEAD ``hf_hub_download`` retries with a fixed 60 s timeout
+and exponential backoff (minutes against a stalled server); ours gives up after two tries of
+``HF_HUB_ETAG_TIMEOUT`` seconds, falling back to a cached copy like ``hf_hub_download`` does. Downloaded
+safetensors files are checked against the sha256 the Hub advertises for them.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import os
+import re
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -20,18 +31,44 @@ from timm.models._builder import _resolve_pretrained_source
 from timm.models._pretrained import PretrainedCfg
 
 __all__ = [
-    'PretrainedWeightsError', 'prepare_pretrained', 'checkpoint_filter_fn', 'download_safetensors',
+    'PretrainedWeightsError', 'ReportedCfg', 'prepare_pretrained', 'checkpoint_filter_fn', 'download_safetensors',
     'SAFE_WEIGHTS_NAME', 'PICKLE_WEIGHTS_NAMES',
 ]
+
+_logger = logging.getLogger(__name__)
 
 SAFE_WEIGHTS_NAME = 'model.safetensors'
 PICKLE_WEIGHTS_NAMES = ('pytorch_model.bin', 'model.pth', 'pytorch_model.pth')
 # keys written by the thop profiler into some of the authors' checkpoints
 _PROFILER_KEYS = ('total_ops', 'total_params')
+# pretrained_cfg keys that say where weights come from (rewritten for loading, reported as given)
+_SOURCE_KEYS = ('hf_hub_id', 'hf_hub_filename', 'url', 'file', 'source', 'custom_load')
+_PROBE_TRIES = 2
+_SHA256 = re.compile(r'[0-9a-f]{64}')
+_COMMIT_HASH = re.compile(r'[0-9a-f]{40}')
 
 
 class PretrainedWeightsError(RuntimeError):
     """Pretrained weights could not be found, fetched or matched to the model."""
+
+
+class ReportedCfg(dict):
+    """The pretrained cfg a model should report: where its weights came from (Hub id, URL, file) as the user gave it.
+
+    A dict; calling it on a model built from the rewritten (local file) cfg puts the original source keys back into
+    ``model.pretrained_cfg`` / ``model.default_cfg``, keeping every other key the builder set.
+    """
+
+    def __call__(self, model: nn.Module) -> nn.Module:
+        cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
+        for key in _SOURCE_KEYS:
+            if self.get(key) is not None:
+                cfg[key] = self[key]
+            else:
+                cfg.pop(key, None)
+        model.pretrained_cfg = cfg
+        model.default_cfg = cfg
+        return model
 
 
 def _pretrained_tags(variant: str) -> list:
@@ -43,12 +80,22 @@ def prepare_pretrained(
         pretrained: bool,
         pretrained_cfg: Optional[Union[str, Dict[str, Any], PretrainedCfg]],
         overlay: Optional[Dict[str, Any]],
-) -> Tuple[Any, Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+        cache_dir: Optional[Union[str, Path]] = None,
+) -> Tuple[Any, Optional[Dict[str, Any]], Optional[ReportedCfg]]:
     """Resolve the weight source of ``variant`` to a local file.
 
-    Returns ``(pretrained_cfg, overlay, reported_cfg)`` for ``build_model_with_cfg``: unchanged when not
-    ``pretrained``; otherwise a cfg whose ``file`` is the local weights and the cfg dict the model should report
-    (with its original Hub id / URL).
+    Args:
+        variant: registered model name (``ghostnet_100``).
+        pretrained: whether weights are wanted at all.
+        pretrained_cfg: tag, dict or ``PretrainedCfg`` as ``timm.create_model`` passes it.
+        overlay: ``pretrained_cfg_overlay``.
+        cache_dir: Hub cache folder (default: huggingface_hub's, ``HF_HUB_CACHE`` / ``HF_HOME``).
+    Returns:
+        ``(pretrained_cfg, overlay, reported_cfg)`` for ``build_model_with_cfg``: unchanged and ``None`` when not
+        ``pretrained``; otherwise a cfg whose ``file`` is the local weights, no overlay, and the ``ReportedCfg``
+        (the original Hub id / URL / file) the model should report.
+    Raises:
+        PretrainedWeightsError: no weights for this tag, a pickle offered over the network, or a download failure.
     """
     if not pretrained:
         return pretrained_cfg, overlay, None
@@ -65,7 +112,7 @@ def prepare_pretrained(
         return cfg, None, None
     if source == 'hf-hub':
         repo, filename = location if isinstance(location, (tuple, list)) else (location, None)
-        local = download_safetensors(repo, filename)
+        local = download_safetensors(repo, filename, cache_dir=cache_dir)
     elif source == 'url':
         local = _download_url(str(location))
     elif source == 'local-dir':
@@ -78,18 +125,33 @@ def prepare_pretrained(
         raise PretrainedWeightsError(f'{variant}: no usable weight source in its pretrained_cfg ({cfg})')
     load_cfg = dataclasses.replace(
         cfg, file=str(local), hf_hub_id=None, hf_hub_filename=None, url=None, source=None, custom_load=False)
-    return load_cfg, None, cfg.to_dict()
+    return load_cfg, None, ReportedCfg(cfg.to_dict())
 
 
-def download_safetensors(model_id: str, filename: Optional[str] = None) -> Path:
+def download_safetensors(
+        model_id: str,
+        filename: Optional[str] = None,
+        cache_dir: Optional[Union[str, Path]] = None,
+) -> Path:
     """Download (or find in the cache) ``filename`` (default ``model.safetensors``) of Hub repo ``model_id``.
 
-    ``model_id`` may pin a revision as ``org/repo@revision``. Only safetensors files are accepted.
+    Args:
+        model_id: ``org/repo``, optionally pinned as ``org/repo@revision`` (branch, tag or commit hash).
+        filename: a ``.safetensors`` file of the repo; pickles are refused.
+        cache_dir: Hub cache folder (default: huggingface_hub's).
+    Returns:
+        Path of the cached file (a snapshot entry of huggingface_hub's cache).
+    Raises:
+        PretrainedWeightsError: naming the repository, revision and file, for a missing repository / revision /
+            file (and which pickles the repo offers instead), an unreachable or failing server (after at most
+            ``2 * HF_HUB_ETAG_TIMEOUT + 1`` s when no cached copy exists), a transfer cut short, or a cached file
+            whose sha256 differs from the Hub's.
     """
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
         EntryNotFoundError,
-        OfflineModeIsEnabled,
+        GatedRepoError,
+        LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
@@ -102,13 +164,44 @@ def download_safetensors(model_id: str, filename: Optional[str] = None) -> Path:
         raise PretrainedWeightsError(
             f'{where}/{filename}: remote weights are loaded only from safetensors files; '
             f'convert it with `timm-ghost convert` and publish model.safetensors')
+    offline = constants.is_offline_mode()
+    if revision and _COMMIT_HASH.fullmatch(revision):
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+        if isinstance(cached, str):  # a commit never changes: no request needed
+            return _verified(Path(cached), where, filename)
     try:
-        path = hf_hub_download(repo_id, filename, revision=revision, etag_timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        if not offline:
+            probe_error = _probe(repo_id, filename, revision)
+            if probe_error is not None:
+                cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+                if isinstance(cached, str):
+                    _logger.warning(f'{constants.ENDPOINT} not reachable ({probe_error}); using the cached {where}/'
+                                    f'{filename}')
+                    return _verified(Path(cached), where, filename)
+                raise PretrainedWeightsError(
+                    f'could not reach Hub repository {where} (file {filename}) at {constants.ENDPOINT} after '
+                    f'{_PROBE_TRIES} tries: {probe_error}. No cached copy; check the connection, HF_ENDPOINT, or '
+                    f'raise HF_HUB_ETAG_TIMEOUT (now {constants.HF_HUB_ETAG_TIMEOUT} s)')
+        path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
+    except PretrainedWeightsError:
+        raise
+    except GatedRepoError as e:
+        raise PretrainedWeightsError(
+            f'Hub repository {repo_id} is gated or private (looking for {filename}); log in with `hf auth login` '
+            f'or set HF_TOKEN') from e
     except RepositoryNotFoundError as e:
         raise PretrainedWeightsError(
             f'Hub repository {repo_id} not found (looking for {filename}) at {constants.ENDPOINT}') from e
     except RevisionNotFoundError as e:
         raise PretrainedWeightsError(f'revision {revision!r} not found in Hub repository {repo_id} ({filename})') from e
+    except LocalEntryNotFoundError as e:  # before EntryNotFoundError, its base class
+        if offline:
+            raise PretrainedWeightsError(
+                f'{where}/{filename} is not in the cache ({cache_dir or constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE '
+                f'is set; download it once online') from e
+        raise PretrainedWeightsError(
+            f'could not download {filename} from Hub repository {where} at {constants.ENDPOINT}, and no cached '
+            f'copy: {_cause(e)}') from e
     except EntryNotFoundError as e:
         pickles = _remote_pickles(repo_id, revision)
         if pickles:
@@ -117,14 +210,61 @@ def download_safetensors(model_id: str, filename: Optional[str] = None) -> Path:
                 f'remote pickles are never loaded. Convert them with `timm-ghost convert` and upload '
                 f'model.safetensors') from e
         raise PretrainedWeightsError(f'file {filename} not found in Hub repository {where}') from e
-    except OfflineModeIsEnabled as e:
-        raise PretrainedWeightsError(
-            f'{where}/{filename} is not in the cache and HF_HUB_OFFLINE is set') from e
-    except Exception as e:  # connection refused, timeouts, 5xx: one clear line, the cause chained
+    except Exception as e:  # connection refused, timeouts, 5xx, a transfer cut short: one line, the cause chained
         raise PretrainedWeightsError(
             f'could not download {filename} from Hub repository {where} at {constants.ENDPOINT}: '
             f'{type(e).__name__}: {e}') from e
-    return Path(path)
+    return _verified(Path(path), where, filename)
+
+
+def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str]:
+    """One HEAD on the file's resolve URL, tried ``_PROBE_TRIES`` times with ``HF_HUB_ETAG_TIMEOUT`` each.
+
+    Returns None when the server answered (the file's metadata or a 4xx that ``hf_hub_download`` will turn into the
+    right error), else a description of the last connection / timeout / 5xx failure.
+    """
+    import httpx2
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url = hf_hub_url(repo_id, filename, revision=revision)
+    error = None
+    for attempt in range(_PROBE_TRIES):
+        if attempt:
+            time.sleep(1.0)
+        try:
+            get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            return None
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status is not None and status < 500 and status != 429:
+                return None  # 401/404...: a definite answer, raised with its meaning by hf_hub_download
+            error = f'HTTP {status}'
+        except httpx2.TimeoutException:
+            error = f'no answer within HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s'
+        except httpx2.TransportError as e:
+            error = f'{type(e).__name__}: {e}'
+    return error
+
+
+def _cause(e: BaseException) -> str:
+    cause = e.__cause__ or e.__context__
+    return f'{type(cause).__name__}: {cause}' if cause is not None else str(e)
+
+
+def _verified(path: Path, where: str, filename: str) -> Path:
+    """Check a cached safetensors file against the sha256 the Hub advertised (the name of its cache blob)."""
+    blob = path.resolve()
+    if _SHA256.fullmatch(blob.name):
+        digest = hashlib.sha256()
+        with open(blob, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                digest.update(chunk)
+        if digest.hexdigest() != blob.name:
+            raise PretrainedWeightsError(
+                f'{where}/{filename}: the cached file {blob} has sha256 {digest.hexdigest()}, the Hub advertised '
+                f'{blob.name}; delete it (or `hf cache delete`) and download again')
+    return path
 
 
 def _remote_pickles(repo_id: str, revision: Optional[str]) -> list:
@@ -140,11 +280,29 @@ def _remote_pickles(repo_id: str, revision: Optional[str]) -> list:
 
 
 def _download_url(url: str) -> Path:
+    """Download a ``.safetensors`` URL once into torch hub's checkpoint folder (huggingface_hub's HTTP client:
+    ``HF_HUB_DOWNLOAD_TIMEOUT`` per read, progress bar), written atomically."""
     if not url.split('?')[0].endswith('.safetensors'):
         raise PretrainedWeightsError(
             f'{url}: remote weights are loaded only from .safetensors files, never from pickles')
-    from timm.models._hub import download_cached_file
-    return Path(download_cached_file(url, check_hash=False, progress=True))
+    from huggingface_hub.file_download import http_get
+    from timm.models._hub import get_cache_dir
+
+    folder = Path(get_cache_dir())
+    target = folder / os.path.basename(url.split('?')[0])
+    if target.is_file():
+        return target
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{target.name}.', suffix='.incomplete')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            http_get(url, f, displayed_filename=target.name)
+        os.replace(tmp, target)
+    except Exception as e:
+        raise PretrainedWeightsError(f'could not download {url}: {type(e).__name__}: {e}') from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def _local_dir_weights(folder: Path) -> Path:

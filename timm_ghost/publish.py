@@ -1,8 +1,358 @@
-"""Commands of the timm-ghost command line (being written)."""
+"""Publishing weights: ``timm-ghost convert`` (checkpoint -> Hub-ready folder) and ``timm-ghost push`` (upload).
+
+A Hub-ready folder holds exactly what timm's ``hf-hub:`` / ``local-dir:`` loaders read: ``model.safetensors``,
+``config.json`` (timm's format, written by ``timm.models._hub.save_for_hf``) and a ``README.md`` model card (timm's
+``generate_readme``). ``convert`` builds it in a hidden sibling folder, loads it back through ``local-dir:``,
+compares logits with the source model and only then renames it into place, so a failed run leaves nothing behind.
+"""
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+__all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'HUB_FILES', 'CITATION']
+
+HUB_FILES = ('model.safetensors', 'config.json', 'README.md')
+PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.pickle', '.ckpt', '.tar')
+CITATION = """@inproceedings{han2020ghostnet,
+  title={GhostNet: More Features from Cheap Operations},
+  author={Han, Kai and Wang, Yunhe and Tian, Qi and Guo, Jianyuan and Xu, Chunjing and Xu, Chang},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={1580--1589},
+  year={2020}
+}"""
+_VERIFY_TOLERANCE = 1e-5  # max abs logit difference accepted between the source model and the folder loaded back
+
+
+def _error(message: str) -> Exception:
+    from .cli import CommandError
+    return CommandError(message)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
+    """Tensors of a local checkpoint (safetensors, or a pickle read with weights_only=True), containers unwrapped."""
+    from timm.models import load_state_dict
+    if not src.is_file():
+        raise FileNotFoundError(f'SRC {src}: no such checkpoint file')
+    try:
+        return load_state_dict(str(src), use_ema=use_ema, weights_only=True)
+    except Exception as e:
+        raise _error(f'SRC {src}: not a readable checkpoint (safetensors, or a torch pickle of tensors loadable '
+                     f'with weights_only=True): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
+
+
+def _build_source_model(model_name: str, raw: Dict[str, Any]) -> torch.nn.Module:
+    """Our ``model_name`` with the checkpoint's classes / input channels, its weights loaded strictly."""
+    import timm
+
+    from .hub import checkpoint_filter_fn
+
+    def shape(key: str) -> Optional[torch.Size]:
+        for k in (key, f'module.{key}'):
+            if isinstance(raw.get(k), torch.Tensor):
+                return raw[k].shape
+        return None
+
+    classifier, stem = shape('classifier.weight'), shape('conv_stem.weight')
+    if stem is None:
+        raise _error(f'the checkpoint has no conv_stem.weight: not a GhostNet checkpoint (first keys: '
+                     f'{", ".join(list(raw)[:5])})')
+    model = timm.create_model(model_name, num_classes=classifier[0] if classifier is not None else 0,
+                              in_chans=stem[1])
+    state_dict = checkpoint_filter_fn(raw, model)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise _error(f'the checkpoint does not match {model_name}: {len(missing)} missing keys '
+                     f'({", ".join(missing[:6])}{", ..." if len(missing) > 6 else ""}), {len(unexpected)} unexpected '
+                     f'({", ".join(unexpected[:6])}{", ..." if len(unexpected) > 6 else ""})')
+    return model.eval()
+
+
+def _model_card(model: torch.nn.Module, model_name: str, repo_id: str, params: int, macs: int,
+                top1: Optional[float], top5: Optional[float], dataset: Optional[str], license: str) -> str:
+    from timm.models._hub import generate_readme
+
+    from .ghostnet import PAPER_RESULTS
+
+    size = model.pretrained_cfg['input_size']
+    details: Dict[str, Any] = {
+        'Model Type': 'Image classification / feature backbone',
+        'Model Stats': {
+            'Params (M)': f'{params / 1e6:.2f}',
+            'MACs (M)': f'{macs / 1e6:.1f} (at {size[1]} x {size[2]})',
+            'Image size': f'{size[1]} x {size[2]}',
+            'Classes': model.num_classes,
+        },
+        'Papers': {'GhostNet: More Features from Cheap Operations': 'https://arxiv.org/abs/1911.11907'},
+        'Original': 'https://github.com/huawei-noah/Efficient-AI-Backbones',
+    }
+    if dataset:
+        details['Dataset'] = dataset
+    if top1 is not None:
+        details['Accuracy (measured for these weights)'] = {
+            k: v for k, v in {'top-1': top1, 'top-5': top5, 'dataset': dataset}.items() if v is not None}
+    paper = PAPER_RESULTS[model_name]
+    comparison = (
+        f'Reported in the paper for this architecture (ImageNet-1k, 224 px; not a measurement of these weights): '
+        f'{paper.params_m} M params, {paper.macs_m:g} M MACs, top-1 {paper.top1}, top-5 {paper.top5}.\n')
+    usage = (
+        '```python\n'
+        'import timm\n'
+        'import timm_ghost  # registers ghostnet_050 / ghostnet_100 / ghostnet_130\n\n'
+        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()\n"
+        'data_config = timm.data.resolve_model_data_config(model)\n'
+        'transform = timm.data.create_transform(**data_config, is_training=False)\n'
+        '```\n')
+    card = dict(
+        tags=['image-classification', 'timm', 'ghostnet'], license=license, details=details, usage=usage,
+        comparison=comparison, citation=CITATION,
+        description=f'GhostNet ({model_name}) weights in timm format, loadable with timm and the timm-ghost package.',
+    )
+    return generate_readme(card, repo_id.split('/')[-1])
+
+
+@torch.no_grad()
+def convert_checkpoint(
+        src: os.PathLike,
+        out: os.PathLike,
+        model_name: str,
+        use_ema: bool = True,
+        overwrite: bool = False,
+        repo_id: Optional[str] = None,
+        tag: Optional[str] = None,
+        top1: Optional[float] = None,
+        top5: Optional[float] = None,
+        dataset: Optional[str] = None,
+        license: str = 'apache-2.0',
+) -> Dict[str, Any]:
+    """Turn a checkpoint into a Hub-ready folder ``out`` (``model.safetensors``, ``config.json``, ``README.md``).
+
+    Args:
+        src: local checkpoint in the authors' ghostnet_pytorch layout or timm's (safetensors, or a pickle of tensors,
+            optionally wrapped in ``state_dict`` / ``model`` / ``state_dict_ema``, with ``module.`` prefixes and thop
+            counters); classes and input channels are read from its classifier / stem shapes.
+        out: folder to create; must not exist (or be empty) unless ``overwrite``.
+        model_name: ghostnet_050, ghostnet_100 or ghostnet_130.
+        use_ema: take ``state_dict_ema`` when the checkpoint has one.
+        repo_id: the Hub repository the card's usage snippet names (default ``<user>/<out folder name>``).
+        tag, top1, top5, dataset, license: recorded in config.json / the model card; accuracy only if given.
+    Returns:
+        Summary: ``params``, ``macs``, ``num_classes``, ``max_abs_diff`` (logits of the folder loaded back vs the
+        source model, on a fixed random batch of 2 x in_chans x H x W), and ``files`` (name -> size, sha256).
+    Raises:
+        CommandError / FileNotFoundError / FileExistsError / PretrainedWeightsError, with ``out`` left untouched.
+    """
+    import timm
+    from timm.models._hub import save_for_hf
+
+    from .ghostnet import WIDTHS
+    from .models_info import count_macs, count_params
+
+    if model_name not in WIDTHS:
+        raise _error(f'--model must be one of {", ".join(WIDTHS)}, got {model_name!r}')
+    src, out = Path(src), Path(out)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f'OUT {out} exists and is not empty; pass --overwrite to replace it')
+    repo_id = repo_id or f'<user>/{out.resolve().name}'
+
+    model = _build_source_model(model_name, _load_source(src, use_ema))
+    cfg = dict(model.pretrained_cfg)
+    cfg['tag'] = tag  # the default tag of the variant (in1k / untrained) does not describe these weights
+    model.pretrained_cfg = model.default_cfg = cfg
+    in_chans, height, width = model.in_chans, *cfg['input_size'][1:]
+    x = torch.randn(2, in_chans, height, width, generator=torch.Generator().manual_seed(0))
+    reference = model(x)
+    params, macs = count_params(model), count_macs(model, img_size=height)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.partial'))
+    try:
+        save_for_hf(model, str(tmp), safe_serialization=True)
+        (tmp / 'README.md').write_text(
+            _model_card(model, model_name, repo_id, params, macs, top1, top5, dataset, license), encoding='utf-8')
+        loaded = timm.create_model(f'local-dir:{tmp}', pretrained=True).eval()
+        diff = (loaded(x) - reference).abs().max().item()
+        if not diff <= _VERIFY_TOLERANCE:
+            raise _error(f'verification failed: logits of the written folder differ from the source model by '
+                         f'{diff:.3g} (max abs, tolerance {_VERIFY_TOLERANCE})')
+        files = {name: dict(size=(tmp / name).stat().st_size, sha256=_sha256(tmp / name)) for name in HUB_FILES}
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.old'))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dict(out=str(out), model=model_name, num_classes=model.num_classes, in_chans=in_chans, params=params,
+                macs=macs, max_abs_diff=diff, files=files)
+
+
+def validate_folder(folder: os.PathLike) -> Dict[str, Any]:
+    """Check that ``folder`` is Hub-ready: the three files, no pickles, a card with front matter, and a model that
+    ``timm.create_model('local-dir:...', pretrained=True)`` builds and loads strictly.
+
+    Returns a summary: ``architecture``, ``num_classes``, ``params``, ``files`` (name -> size, sha256), ``skipped``
+    (other files in the folder, never uploaded). Raises CommandError naming the problem.
+    """
+    import timm
+    import yaml
+
+    from .ghostnet import WIDTHS
+    from .models_info import count_params
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'OUT {folder}: no such folder')
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise _error(f'{folder} holds pickle files ({", ".join(pickles)}); only safetensors weights are published')
+    missing = [n for n in HUB_FILES if n not in names]
+    if missing:
+        raise _error(f'{folder} lacks {", ".join(missing)}; make the folder with `timm-ghost convert`')
+    try:
+        config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    except ValueError as e:
+        raise _error(f'{folder}/config.json is not valid JSON: {e}') from e
+    arch = config.get('architecture') if isinstance(config, dict) else None
+    if arch not in WIDTHS:
+        raise _error(f'{folder}/config.json: architecture must be one of {", ".join(WIDTHS)}, got {arch!r}')
+    card = (folder / 'README.md').read_text(encoding='utf-8')
+    front = card.split('---\n')
+    meta = None
+    if card.startswith('---\n') and len(front) >= 3:
+        try:
+            meta = yaml.safe_load(front[1])
+        except yaml.YAMLError:
+            meta = None
+    if not isinstance(meta, dict) or meta.get('library_name') != 'timm' or not meta.get('license'):
+        raise _error(f'{folder}/README.md needs YAML front matter with library_name: timm and a license')
+    try:
+        model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    except Exception as e:
+        raise _error(f'{folder} does not load with timm: {type(e).__name__}: {e}') from e
+    files = {n: dict(size=(folder / n).stat().st_size, sha256=_sha256(folder / n)) for n in HUB_FILES}
+    return dict(architecture=arch, num_classes=model.num_classes, params=count_params(model), files=files,
+                skipped=[n for n in names if n not in HUB_FILES])
+
+
+def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = None, private: bool = False,
+                commit_message: Optional[str] = None, dry_run: bool = False) -> Dict[str, Any]:
+    """Validate ``folder`` and upload its three files to Hub repo ``repo_id`` (created if missing) in one commit.
+
+    Uses huggingface_hub's ``HfApi`` (token from ``HF_TOKEN`` or ``hf auth login``; endpoint ``HF_ENDPOINT``).
+    Returns the validation summary plus ``commit_url`` / ``commit_oid`` (absent on ``dry_run``).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import validate_repo_id
+
+    from . import __version__
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as e:
+        raise _error(f'REPO_ID {repo_id!r} is not a Hub repository id (org/name): {e}') from e
+    if '/' not in repo_id:
+        raise _error(f'REPO_ID {repo_id!r}: give the owner too (org/name)')
+    summary = validate_folder(folder)
+    if dry_run:
+        return summary
+    api = HfApi(library_name='timm-ghost', library_version=__version__)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision not in (None, 'main'):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), revision=revision, allow_patterns=list(HUB_FILES),
+            commit_message=commit_message or f'Add {summary["architecture"]} weights (timm-ghost)')
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        hint = '; set HF_TOKEN or run `hf auth login` with a write token' if status in (401, 403) else ''
+        raise _error(f'upload to {repo_id} failed: {str(e).splitlines()[0]}{hint}') from e
+    return dict(summary, commit_url=info.commit_url, commit_oid=info.oid)
+
+
+def _print_files(files: Dict[str, Dict[str, Any]]) -> None:
+    for name, f in files.items():
+        print(f'  {name:<18} {f["size"]:>12,d} B  sha256 {f["sha256"]}')
+
+
+def _cmd_convert(args: Any) -> int:
+    r = convert_checkpoint(args.src, args.out, args.model, use_ema=not args.no_ema, overwrite=args.overwrite,
+                           repo_id=args.repo_id, tag=args.tag, top1=args.top1, top5=args.top5, dataset=args.dataset,
+                           license=args.license)
+    print(f'{r["out"]}: {r["model"]}, {r["num_classes"]} classes, {r["params"] / 1e6:.2f} M params, '
+          f'{r["macs"] / 1e6:.1f} M MACs')
+    _print_files(r['files'])
+    print(f'verified: loaded back with local-dir:, max abs logit difference {r["max_abs_diff"]:.3g}')
+    return 0
+
+
+def _cmd_push(args: Any) -> int:
+    r = push_folder(args.folder, args.repo_id, revision=args.revision, private=args.private,
+                    commit_message=args.commit_message, dry_run=args.dry_run)
+    print(f'{args.folder}: {r["architecture"]}, {r["num_classes"]} classes, {r["params"] / 1e6:.2f} M params; '
+          f'loads with timm')
+    _print_files(r['files'])
+    if r['skipped']:
+        print(f'  not uploaded: {", ".join(r["skipped"])}')
+    if args.dry_run:
+        print(f'dry run: would upload {len(HUB_FILES)} files to {args.repo_id}'
+              f'{"@" + args.revision if args.revision else ""}; nothing sent')
+    else:
+        print(f'uploaded: {r["commit_url"]}')
+        print(f"load with: timm.create_model('hf-hub:{args.repo_id}', pretrained=True)")
+    return 0
 
 
 def register_cli(sub: Any) -> None:
-    """Add this module's sub-commands (none yet)."""
+    """Add ``timm-ghost convert`` and ``timm-ghost push``."""
+    from .ghostnet import WIDTHS
+
+    p = sub.add_parser(
+        'convert', help='checkpoint -> Hub-ready folder (model.safetensors, config.json, README.md), verified',
+        description='Convert a GhostNet checkpoint (the authors\' ghostnet_pytorch layout or timm\'s; safetensors or '
+                    'a weights-only torch pickle) into a folder timm loads with hf-hub: / local-dir:. The folder is '
+                    'loaded back and its logits compared before it is moved into place.')
+    p.add_argument('src', help='checkpoint file (.pth, .pth.tar, .bin, .safetensors)')
+    p.add_argument('out', help='folder to create')
+    p.add_argument('--model', required=True, choices=list(WIDTHS), help='architecture of the checkpoint')
+    p.add_argument('--no-ema', action='store_true', help='take state_dict rather than state_dict_ema when both exist')
+    p.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
+    p.add_argument('--repo-id', help='Hub repository named in the card\'s usage snippet')
+    p.add_argument('--tag', help='pretrained tag recorded in config.json (e.g. in1k)')
+    p.add_argument('--top1', type=float, help='measured top-1 accuracy of these weights, for the card')
+    p.add_argument('--top5', type=float, help='measured top-5 accuracy of these weights, for the card')
+    p.add_argument('--dataset', help='dataset the weights were trained / evaluated on (e.g. imagenet-1k)')
+    p.add_argument('--license', default='apache-2.0', help='licence of the weights (default apache-2.0)')
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        'push', help='validate a converted folder and upload it to the Hugging Face Hub',
+        description='Upload model.safetensors, config.json and README.md of FOLDER to REPO_ID in one commit '
+                    '(token from HF_TOKEN or `hf auth login`, endpoint from HF_ENDPOINT).')
+    p.add_argument('folder', help='folder made by `timm-ghost convert`')
+    p.add_argument('repo_id', help='Hub repository (org/name); created if missing')
+    p.add_argument('--revision', help='branch to commit to (created if missing; default main)')
+    p.add_argument('--private', action='store_true', help='create the repository private')
+    p.add_argument('--commit-message', help='commit message')
+    p.add_argument('--dry-run', action='store_true', help='validate the folder and show what would be uploaded')
+    p.set_defaults(func=_cmd_push)
