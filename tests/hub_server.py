@@ -3,10 +3,10 @@
 Downloads: ``HEAD`` / ``GET /{repo_id}/resolve/{revision}/{filename}`` as the Hub answers them. Small files come
 back directly (``ETag`` = git blob sha1, ``X-Repo-Commit``, ``Content-Length``); LFS files (weights) get a ``302`` to
 a second listener standing for the CDN, with ``X-Linked-Etag`` (sha256), ``X-Linked-Size`` and ``X-Repo-Commit``,
-and are fetched from there with ``Range`` support. Missing things get ``404`` with ``X-Error-Code`` ``RepoNotFound``
-/ ``RevisionNotFound`` / ``EntryNotFound``. Uploads: ``/api/repos/create``, ``/api/validate-yaml``, ``preupload``,
-the LFS batch API (basic transfer + verify) and the NDJSON ``commit`` endpoint, enough for ``HfApi.upload_folder``
-without Xet (``HF_HUB_DISABLE_XET=1``).
+and are fetched from there (``Range`` support, ``Content-Disposition`` naming the file). Missing things get ``404``
+with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``. Uploads: ``/api/repos/create``,
+``/api/validate-yaml``, ``preupload``, branch creation, the LFS batch API (basic transfer + verify) and the NDJSON
+``commit`` endpoint, enough for ``HfApi.upload_folder`` without Xet (``HF_HUB_DISABLE_XET=1``).
 
 Faults per repository (``HubServer.fault``): ``'500'`` (every request answered 500), ``'stall'`` (the request is
 read, never answered), ``'truncate'`` (the CDN sends headers and only the first half of the file, then closes; a
@@ -307,7 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._resolve(f'{parts[0]}/{parts[1]}', urllib.parse.unquote(parts[3]),
                                  urllib.parse.unquote('/'.join(parts[4:])))
         if self.command == 'GET' and len(parts) == 4 and parts[0] == 'cdn':
-            return self._cdn_get(f'{parts[1]}/{parts[2]}', parts[3])
+            name = urllib.parse.parse_qs(split.query).get('filename', [parts[3]])[0]
+            return self._cdn_get(f'{parts[1]}/{parts[2]}', parts[3], name)
         if self.command == 'PUT' and len(parts) == 3 and parts[:2] == ['cdn', 'upload']:
             return self._lfs_put(parts[2])
         if self.command != 'POST':
@@ -345,13 +346,13 @@ class _Handler(BaseHTTPRequestHandler):
             sha = hashlib.sha256(data).hexdigest()
             headers.update({
                 'X-Linked-Etag': f'"{sha}"', 'X-Linked-Size': str(len(data)), 'ETag': f'"{git_blob_sha1(data)}"',
-                'Location': f'{self.hub.cdn}/cdn/{repo_id}/{sha}',
+                'Location': f'{self.hub.cdn}/cdn/{repo_id}/{sha}?filename={urllib.parse.quote(filename)}',
             })
             return self._send(302, b'', headers)
         headers.update({'ETag': f'"{git_blob_sha1(data)}"', 'Content-Type': 'application/octet-stream'})
         return self._send(200, data, headers)
 
-    def _cdn_get(self, repo_id: str, sha: str) -> None:
+    def _cdn_get(self, repo_id: str, sha: str, filename: str) -> None:
         fault = self._fault_for(repo_id)
         if self._apply_fault(fault):
             return
@@ -365,7 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
         if range_header.startswith('bytes='):
             start = int(range_header[len('bytes='):].split('-')[0] or 0)
         status, headers = 200, {'Content-Type': 'application/octet-stream', 'ETag': f'"{sha}"',
-                                'Accept-Ranges': 'bytes'}
+                                'Accept-Ranges': 'bytes', 'Content-Disposition': f'inline; filename="{filename}";'}
         if start:
             status = 206
             headers['Content-Range'] = f'bytes {start}-{size - 1}/{size}'

@@ -31,7 +31,7 @@ from timm.models._builder import _resolve_pretrained_source
 from timm.models._pretrained import PretrainedCfg
 
 __all__ = [
-    'PretrainedWeightsError', 'ReportedCfg', 'prepare_pretrained', 'checkpoint_filter_fn', 'download_safetensors',
+    'PretrainedWeightsError', 'prepare_pretrained', 'checkpoint_filter_fn', 'download_safetensors',
     'SAFE_WEIGHTS_NAME', 'PICKLE_WEIGHTS_NAMES',
 ]
 
@@ -41,8 +41,6 @@ SAFE_WEIGHTS_NAME = 'model.safetensors'
 PICKLE_WEIGHTS_NAMES = ('pytorch_model.bin', 'model.pth', 'pytorch_model.pth')
 # keys written by the thop profiler into some of the authors' checkpoints
 _PROFILER_KEYS = ('total_ops', 'total_params')
-# pretrained_cfg keys that say where weights come from (rewritten for loading, reported as given)
-_SOURCE_KEYS = ('hf_hub_id', 'hf_hub_filename', 'url', 'file', 'source', 'custom_load')
 _PROBE_TRIES = 2
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 _COMMIT_HASH = re.compile(r'[0-9a-f]{40}')
@@ -50,25 +48,6 @@ _COMMIT_HASH = re.compile(r'[0-9a-f]{40}')
 
 class PretrainedWeightsError(RuntimeError):
     """Pretrained weights could not be found, fetched or matched to the model."""
-
-
-class ReportedCfg(dict):
-    """The pretrained cfg a model should report: where its weights came from (Hub id, URL, file) as the user gave it.
-
-    A dict; calling it on a model built from the rewritten (local file) cfg puts the original source keys back into
-    ``model.pretrained_cfg`` / ``model.default_cfg``, keeping every other key the builder set.
-    """
-
-    def __call__(self, model: nn.Module) -> nn.Module:
-        cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-        for key in _SOURCE_KEYS:
-            if self.get(key) is not None:
-                cfg[key] = self[key]
-            else:
-                cfg.pop(key, None)
-        model.pretrained_cfg = cfg
-        model.default_cfg = cfg
-        return model
 
 
 def _pretrained_tags(variant: str) -> list:
@@ -81,7 +60,7 @@ def prepare_pretrained(
         pretrained_cfg: Optional[Union[str, Dict[str, Any], PretrainedCfg]],
         overlay: Optional[Dict[str, Any]],
         cache_dir: Optional[Union[str, Path]] = None,
-) -> Tuple[Any, Optional[Dict[str, Any]], Optional[ReportedCfg]]:
+) -> Tuple[Any, Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """Resolve the weight source of ``variant`` to a local file.
 
     Args:
@@ -92,8 +71,8 @@ def prepare_pretrained(
         cache_dir: Hub cache folder (default: huggingface_hub's, ``HF_HUB_CACHE`` / ``HF_HOME``).
     Returns:
         ``(pretrained_cfg, overlay, reported_cfg)`` for ``build_model_with_cfg``: unchanged and ``None`` when not
-        ``pretrained``; otherwise a cfg whose ``file`` is the local weights, no overlay, and the ``ReportedCfg``
-        (the original Hub id / URL / file) the model should report.
+        ``pretrained``; otherwise a cfg whose ``file`` is the local weights, no overlay, and the cfg dict the model
+        should report (with the Hub id / URL / file as given).
     Raises:
         PretrainedWeightsError: no weights for this tag, a pickle offered over the network, or a download failure.
     """
@@ -125,7 +104,7 @@ def prepare_pretrained(
         raise PretrainedWeightsError(f'{variant}: no usable weight source in its pretrained_cfg ({cfg})')
     load_cfg = dataclasses.replace(
         cfg, file=str(local), hf_hub_id=None, hf_hub_filename=None, url=None, source=None, custom_load=False)
-    return load_cfg, None, ReportedCfg(cfg.to_dict())
+    return load_cfg, None, cfg.to_dict()
 
 
 def download_safetensors(
@@ -253,7 +232,8 @@ def _cause(e: BaseException) -> str:
 
 
 def _verified(path: Path, where: str, filename: str) -> Path:
-    """Check a cached safetensors file against the sha256 the Hub advertised (the name of its cache blob)."""
+    """Check a cached file against the sha256 the Hub advertised for it (its blob's name in the cache); a mismatch
+    removes the entry and raises."""
     blob = path.resolve()
     if _SHA256.fullmatch(blob.name):
         digest = hashlib.sha256()
@@ -261,9 +241,14 @@ def _verified(path: Path, where: str, filename: str) -> Path:
             for chunk in iter(lambda: f.read(1 << 20), b''):
                 digest.update(chunk)
         if digest.hexdigest() != blob.name:
+            for entry in (path, blob):  # never leave a poisoned entry: the next try downloads again
+                try:
+                    entry.unlink()
+                except OSError:
+                    pass
             raise PretrainedWeightsError(
-                f'{where}/{filename}: the cached file {blob} has sha256 {digest.hexdigest()}, the Hub advertised '
-                f'{blob.name}; delete it (or `hf cache delete`) and download again')
+                f'{where}/{filename}: the downloaded file has sha256 {digest.hexdigest()}, the Hub advertised '
+                f'{blob.name}; removed it from the cache, try again')
     return path
 
 
@@ -337,9 +322,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     adapted = {f'{cfg.get("first_conv", "conv_stem")}.weight'}
     adapted |= {f'{cfg.get("classifier", "classifier")}.{p}' for p in ('weight', 'bias')}
-    bad = [
-        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-        for k, v in out.items() if k in own and k not in adapted and v.shape != own[k].shape
+    bad = [  # in the model's order: the stem first
+        f'{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}'
+        for k, v in own.items() if k in out and k not in adapted and out[k].shape != v.shape
     ]
     if bad:
         arch = cfg.get('architecture', type(model).__name__)

@@ -1,0 +1,315 @@
+"""Pretrained weights from the Hugging Face Hub, proven against a Hub server on loopback (tests/hub_server.py).
+
+huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE / timeouts at import, so every networked load runs in
+a client process (``hub_server.run_client``), several loads per process; each result is asserted on its own.
+Client processes use 2 s metadata / download timeouts (``TIMEOUT``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from helpers import randomize_
+from hub_server import HubServer, Tripwire, closed_port_endpoint, hub_env, run_client, state_digest
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from timm.models._hub import save_config_for_hf
+
+import timm_ghost
+from timm_ghost.hub import PretrainedWeightsError
+
+TIMEOUT = 2  # HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT of the client processes, seconds
+PROBE_BOUND = 2 * TIMEOUT + 1  # two metadata tries and the pause between them
+
+
+def _weights(name: str, seed: int, **kwargs) -> bytes:
+    """safetensors bytes of a randomised ``name`` (our model; timm's layout)."""
+    return save_safetensors(randomize_(timm.create_model(name, **kwargs), seed).state_dict())
+
+
+def _digest(data: bytes) -> str:
+    return state_digest(load_safetensors(data))
+
+
+def _overlay(hub_id: str, **extra) -> dict:
+    return {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=hub_id, **extra)}
+
+
+def _cache_folder(hf_home: Path, repo_id: str) -> Path:
+    return hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
+
+
+class World:
+    """The module's Hub (one server, one client cache) and what the first client saw."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.home = tmp, tmp / 'hf_home'
+        self.hub = HubServer().start()
+        hub = self.hub
+        self.default = _weights('ghostnet_100', 1)
+        hub.commit('timm/ghostnet_100.in1k', {'model.safetensors': self.default, 'README.md': b'# ghostnet_100\n'})
+        self.v1, self.v2 = _weights('ghostnet_100', 2), _weights('ghostnet_100', 3)
+        self.v1_oid = hub.commit('org/pinned', {'model.safetensors': self.v1}, message='v1')
+        hub.tag('org/pinned', 'v1')
+        hub.commit('org/pinned', {'model.safetensors': self.v2}, message='v2')
+        # a repo laid out by timm's save_for_hf: config.json says ghostnet_050 with 10 classes
+        model = randomize_(timm.create_model('ghostnet_050', num_classes=10), 4)
+        save_config_for_hf(model, tmp / 'config.json')
+        self.cfg_weights = save_safetensors(model.state_dict())
+        hub.commit('org/cfg', {'config.json': (tmp / 'config.json').read_bytes(),
+                               'model.safetensors': self.cfg_weights})
+        torch.save(timm.create_model('ghostnet_100').state_dict(), tmp / 'pytorch_model.bin')
+        hub.commit('org/pickle-only', {'pytorch_model.bin': (tmp / 'pytorch_model.bin').read_bytes()})
+        hub.commit('org/no-weights', {'README.md': b'# nothing here\n'})
+        hub.commit('org/g130', {'model.safetensors': _weights('ghostnet_130', 5)})
+        for repo, fault in [('org/corrupt', 'corrupt'), ('org/err500', '500'), ('org/stall', 'stall'),
+                            ('org/trunc', 'truncate')]:
+            hub.commit(repo, {'model.safetensors': self.default})
+            hub.fault(repo, fault)
+        self.run = run_client([
+            {'id': 'default', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
+            {'id': 'default-again', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
+            {'id': 'pinned-tag', 'model': 'ghostnet_100', 'kwargs': _overlay('org/pinned@v1')},
+            {'id': 'pinned-main', 'model': 'ghostnet_100', 'kwargs': _overlay('org/pinned')},
+            {'id': 'pinned-commit', 'model': 'ghostnet_100', 'kwargs': _overlay(f'org/pinned@{self.v1_oid}')},
+            {'id': 'hf-hub', 'model': 'hf-hub:org/cfg', 'kwargs': {'pretrained': True}},
+            {'id': 'pickle-only', 'model': 'ghostnet_100', 'kwargs': _overlay('org/pickle-only')},
+            {'id': 'pickle-file', 'model': 'ghostnet_100',
+             'kwargs': _overlay('org/pickle-only', hf_hub_filename='pytorch_model.bin')},
+            {'id': 'missing-repo', 'model': 'ghostnet_100', 'kwargs': _overlay('org/missing')},
+            {'id': 'missing-file', 'model': 'ghostnet_100', 'kwargs': _overlay('org/no-weights')},
+            {'id': 'missing-revision', 'model': 'ghostnet_100', 'kwargs': _overlay('org/pinned@v9')},
+            {'id': 'wrong-arch', 'model': 'ghostnet_100', 'kwargs': _overlay('org/g130')},
+            {'id': 'corrupt', 'model': 'ghostnet_100', 'kwargs': _overlay('org/corrupt')},
+            {'id': 'status-500', 'model': 'ghostnet_100', 'kwargs': _overlay('org/err500')},
+            {'id': 'stall', 'model': 'ghostnet_100', 'kwargs': _overlay('org/stall')},
+            {'id': 'truncated', 'model': 'ghostnet_100', 'kwargs': _overlay('org/trunc')},
+        ], self.env(TQDM_POSITION='-1'), timeout=150)  # TQDM_POSITION=-1: bars on although stderr is a pipe
+
+    def env(self, **extra) -> dict:
+        return hub_env(self.hub.endpoint, self.home, timeout_s=TIMEOUT, **extra)
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    w = World(tmp_path_factory.mktemp('hub'))
+    yield w
+    w.hub.stop()
+
+
+def test_default_cfg_points_at_timm_hub_repo():
+    cfg = timm.models.get_pretrained_cfg('ghostnet_100.in1k')
+    assert (cfg.hf_hub_id, cfg.hf_hub_filename) == ('timm/ghostnet_100.in1k', None)  # None: model.safetensors
+    assert timm.list_pretrained('ghostnet_*') == ['ghostnet_100.in1k']
+    assert [timm.models.get_pretrained_cfg(n).tag for n in ('ghostnet_050', 'ghostnet_130')] == ['untrained'] * 2
+    with pytest.raises(PretrainedWeightsError, match=r'ghostnet_130\.untrained has no pretrained weights'):
+        timm.create_model('ghostnet_130', pretrained=True)
+
+
+def test_first_use_downloads_once_and_loads_the_served_tensors(world):
+    first, again = world.run['default'], world.run['default-again']
+    assert first['ok'], first
+    assert first['digest'] == again['digest'] == _digest(world.default)
+    assert first['hf_hub_id'] == 'timm/ghostnet_100.in1k'  # the model reports where its weights came from
+    assert world.hub.downloads('timm/ghostnet_100.in1k', 'model.safetensors') == 1
+    blobs = list((_cache_folder(world.home, 'timm/ghostnet_100.in1k') / 'blobs').iterdir())
+    assert [b.stat().st_size for b in blobs] == [len(world.default)]
+
+
+def test_first_download_shows_the_progress_bar(world):
+    assert 'model.safetensors: 100%' in world.run.stderr.get('default', '')
+    assert '%|' not in world.run.stderr.get('default-again', '')  # the cached copy: no transfer, no bar
+
+
+def test_revision_pinning_selects_the_pinned_file(world):
+    v1, v2 = _digest(world.v1), _digest(world.v2)
+    assert v1 != v2
+    assert world.run['pinned-tag']['digest'] == v1
+    assert world.run['pinned-commit']['digest'] == v1
+    assert world.run['pinned-main']['digest'] == v2
+    assert world.run['pinned-tag']['hf_hub_id'] == 'org/pinned@v1'
+
+
+def test_hf_hub_prefix_builds_from_the_repos_config(world):
+    r = world.run['hf-hub']
+    assert r['ok'], r
+    assert (r['architecture'], r['num_classes']) == ('ghostnet_050', 10)
+    assert r['digest'] == _digest(world.cfg_weights)
+
+
+def test_remote_pickles_are_refused_and_never_fetched(world):
+    r = world.run['pickle-only']
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert 'only pickle weights (pytorch_model.bin)' in r['error'] and 'never loaded' in r['error']
+    r = world.run['pickle-file']
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert 'loaded only from safetensors' in r['error'] and 'pytorch_model.bin' in r['error']
+    assert world.hub.downloads('org/pickle-only', 'pytorch_model.bin') == 0
+
+
+@pytest.mark.parametrize('case, words', [
+    ('missing-repo', ['org/missing', 'not found', 'model.safetensors']),
+    ('missing-file', ['model.safetensors', 'not found', 'org/no-weights']),
+    ('missing-revision', ["'v9'", 'not found', 'org/pinned', 'model.safetensors']),
+])
+def test_missing_repository_file_or_revision_is_named(world, case, words):
+    r = world.run[case]
+    assert r['error_type'] == 'PretrainedWeightsError'
+    for word in words:
+        assert word in r['error']
+    assert r['seconds'] < 30
+
+
+def test_weights_of_another_width_name_the_mismatching_shapes(world):
+    r = world.run['wrong-arch']
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert 'does not fit ghostnet_100' in r['error']
+    assert 'conv_stem.weight' not in r['error']  # left to timm's in_chans adaptation
+    assert 'differ in shape, e.g. bn1.weight: checkpoint (20,) vs model (16,)' in r['error']  # 16 * 1.3 -> 20
+
+
+def test_content_not_matching_the_advertised_sha256_is_rejected(world):
+    r = world.run['corrupt']
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert 'org/corrupt/model.safetensors' in r['error'] and 'sha256' in r['error']
+    folder = _cache_folder(world.home, 'org/corrupt')
+    assert list((folder / 'blobs').glob('*')) == []  # removed: the next try downloads again
+    assert list((folder / 'snapshots').glob('*/model.safetensors')) == []
+
+
+def test_server_errors_fail_clearly_within_the_timeouts(world):
+    r = world.run['status-500']
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert 'org/err500' in r['error'] and 'HTTP 500' in r['error'] and 'after 2 tries' in r['error']
+    assert r['seconds'] < PROBE_BOUND + 3
+    r = world.run['stall']
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert 'org/stall' in r['error'] and f'no answer within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s' in r['error']
+    assert 2 * TIMEOUT - 0.5 < r['seconds'] < PROBE_BOUND + 5  # it waited for the timeout, and no longer
+
+
+def test_refused_connections_fail_clearly_and_fall_back_to_the_cache(world):
+    run = run_client([
+        {'id': 'cached', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
+        {'id': 'cold', 'model': 'ghostnet_100', 'kwargs': _overlay('org/cold')},
+    ], hub_env(closed_port_endpoint(), world.home, timeout_s=TIMEOUT))
+    assert run['cached']['digest'] == _digest(world.default)
+    assert 'not reachable' in run.stderr['cached'] and 'using the cached timm/ghostnet_100.in1k' in run.stderr['cached']
+    cold = run['cold']
+    assert cold['error_type'] == 'PretrainedWeightsError'
+    assert 'org/cold' in cold['error'] and 'ConnectError' in cold['error'] and 'No cached copy' in cold['error']
+    assert cold['seconds'] < PROBE_BOUND + 3
+
+
+def test_cut_transfer_errors_leaves_no_cache_entry_and_retry_succeeds(world):
+    r = world.run['truncated']
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert 'org/trunc' in r['error'] and 'model.safetensors' in r['error']
+    folder = _cache_folder(world.home, 'org/trunc')
+    assert list((folder / 'blobs').glob('*')) == []  # no partial blob, no .incomplete left
+    assert list((folder / 'snapshots').glob('*/model.safetensors')) == []
+    before = world.hub.downloads('org/trunc', 'model.safetensors')
+    assert before >= 2  # the first cut transfer and huggingface_hub's resume attempts
+
+    world.hub.fault('org/trunc', None)  # the server recovers
+    run = run_client([{'id': 'retry', 'model': 'ghostnet_100', 'kwargs': _overlay('org/trunc')}], world.env())
+    assert run['retry']['digest'] == _digest(world.default)
+    assert world.hub.downloads('org/trunc', 'model.safetensors') == before + 1
+
+
+def test_offline_with_the_server_stopped_loads_the_cache_without_a_connection(world):
+    world.hub.stop()  # last user of the module's server
+    wires = [Tripwire(world.hub.port), Tripwire(world.hub.cdn_port)]
+    try:
+        run = run_client([
+            {'id': 'default', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
+            {'id': 'pinned-tag', 'model': 'ghostnet_100', 'kwargs': _overlay('org/pinned@v1')},
+            {'id': 'hf-hub', 'model': 'hf-hub:org/cfg', 'kwargs': {'pretrained': True}},
+            {'id': 'cold', 'model': 'ghostnet_100', 'kwargs': _overlay('org/cold')},
+        ], world.env(HF_HUB_OFFLINE='1'))
+    finally:
+        for wire in wires:
+            wire.close()
+    assert run['default']['digest'] == _digest(world.default)
+    assert run['pinned-tag']['digest'] == _digest(world.v1)
+    assert run['hf-hub']['digest'] == _digest(world.cfg_weights)
+    assert 'not in the cache' in run['cold']['error'] and 'HF_HUB_OFFLINE' in run['cold']['error']
+    assert [w.connections for w in wires] == [0, 0]
+
+
+def test_four_processes_loading_at_once_fetch_the_file_once(tmp_path):
+    from hub_server import finish_client, start_client
+
+    weights = _weights('ghostnet_100', 7)
+    with HubServer() as hub:
+        hub.commit('timm/ghostnet_100.in1k', {'model.safetensors': weights})
+        hub.slow_seconds = 3.0  # the transfer lasts long enough for every process to arrive while it runs
+        hub.fault('timm/ghostnet_100.in1k', 'slow')
+        env = hub_env(hub.endpoint, tmp_path / 'hf_home', timeout_s=10)
+        go = tmp_path / 'go'
+        procs = [start_client([{'id': 'wait', 'ready': str(tmp_path / f'ready{i}'), 'go': str(go)},
+                               {'id': 'load', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}}], env)
+                 for i in range(4)]
+        deadline = time.time() + 120
+        while not all((tmp_path / f'ready{i}').exists() for i in range(4)) and time.time() < deadline:
+            time.sleep(0.05)
+        go.touch()
+        runs = [finish_client(p, timeout=120) for p in procs]
+        digests = {run['load'].get('digest') for run in runs}
+        assert digests == {_digest(weights)}, [run['load'] for run in runs]
+        assert hub.downloads('timm/ghostnet_100.in1k', 'model.safetensors') == 1
+        (get,) = hub.seen('GET', '/cdn/')
+        heads = [r for r in hub.seen('HEAD', '/resolve/') if r.start < get.end]
+        assert len(heads) >= 3  # more than the downloading process's own two: the others waited on the same fetch
+
+
+# -- local sources (no network) ------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def local_weights(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('local')
+    sd = randomize_(timm.create_model('ghostnet_100'), 11).state_dict()
+    torch.save(sd, tmp / 'weights.pth')
+    (tmp / 'weights.safetensors').write_bytes(save_safetensors(sd))
+    return tmp, state_digest(sd)
+
+
+@pytest.mark.parametrize('name', ['weights.safetensors', 'weights.pth'])
+def test_local_file_overlay_and_checkpoint_path_load(local_weights, name):
+    tmp, digest = local_weights
+    model = timm.create_model('ghostnet_100', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp / name)))
+    assert state_digest(model.state_dict()) == digest
+    assert model.pretrained_cfg['file'] == str(tmp / name)
+    model = timm.create_model('ghostnet_100', checkpoint_path=str(tmp / name))
+    assert state_digest(model.state_dict()) == digest
+
+
+def test_local_dir_loads_a_saved_folder(tmp_path):
+    model = randomize_(timm.create_model('ghostnet_130', num_classes=5), 12)
+    timm.models._hub.save_for_hf(model, str(tmp_path), safe_serialization=True)
+    loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
+    assert isinstance(loaded, timm_ghost.GhostNet) and loaded.num_classes == 5
+    assert state_digest(loaded.state_dict()) == state_digest(model.state_dict())
+
+
+def test_local_pickles_load_weights_only(tmp_path):
+    marker = tmp_path / 'code-ran'
+
+    class Payload:
+        def __reduce__(self):
+            return os.makedirs, (str(marker),)
+
+    sd = timm.create_model('ghostnet_100').state_dict()
+    torch.save({'state_dict': sd, 'extra': Payload()}, tmp_path / 'evil.pth')
+    with pytest.raises(Exception, match=r'weights_only=True blocked .* Unsupported globals: os\.makedirs'):
+        timm.create_model('ghostnet_100', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'evil.pth')))
+    assert not marker.exists()
+
+
+def test_pickle_urls_are_refused_before_any_download():
+    with pytest.raises(PretrainedWeightsError, match=r'loaded only from \.safetensors'):
+        timm.create_model('ghostnet_100', pretrained=True,
+                          pretrained_cfg_overlay=dict(hf_hub_id=None, url='http://127.0.0.1:9/ghostnet_1x.pth'))
