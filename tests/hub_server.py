@@ -5,8 +5,8 @@ back directly (``ETag`` = git blob sha1, ``X-Repo-Commit``, ``Content-Length``);
 a second listener standing for the CDN, with ``X-Linked-Etag`` (sha256), ``X-Linked-Size`` and ``X-Repo-Commit``,
 and are fetched from there (``Range`` support, ``Content-Disposition`` naming the file). Missing things get ``404``
 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``. Uploads: ``/api/repos/create``,
-``/api/validate-yaml``, ``preupload``, branch creation, the LFS batch API (basic transfer + verify) and the NDJSON
-``commit`` endpoint, enough for ``HfApi.upload_folder`` without Xet (``HF_HUB_DISABLE_XET=1``).
+``/api/validate-yaml``, ``preupload``, branch creation, model info, the LFS batch API (basic transfer + verify)
+and the NDJSON ``commit`` endpoint, enough for ``HfApi.upload_folder`` without Xet (``HF_HUB_DISABLE_XET=1``).
 
 Faults per repository (``HubServer.fault``): ``'500'`` (every request answered 500), ``'stall'`` (the request is
 read, never answered), ``'truncate'`` (the CDN sends headers and only the first half of the file, then closes; a
@@ -20,7 +20,9 @@ Only the standard library is imported at module level.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import io
 import json
 import os
 import socket
@@ -311,6 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._cdn_get(f'{parts[1]}/{parts[2]}', parts[3], name)
         if self.command == 'PUT' and len(parts) == 3 and parts[:2] == ['cdn', 'upload']:
             return self._lfs_put(parts[2])
+        if self.command == 'GET' and parts[:2] == ['api', 'models'] and (len(parts) == 4 or parts[4:5] == ['revision']):
+            return self._model_info(f'{parts[2]}/{parts[3]}', urllib.parse.unquote('/'.join(parts[5:])) or 'main')
         if self.command != 'POST':
             return self._error(404, None, 'Not Found')
         if parts == ['api', 'repos', 'create']:
@@ -397,6 +401,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
 
+    def _model_info(self, repo_id: str, revision: str) -> None:
+        if self._apply_fault(self._fault_for(repo_id)):
+            return
+        repo = self._repo_or_404(repo_id)
+        if repo is None:
+            return
+        commit = repo.resolve(revision)
+        if commit is None:
+            return self._error(404, 'RevisionNotFound', 'Invalid rev id: ' + revision)
+        self._json(200, {'id': repo_id, 'modelId': repo_id, 'sha': commit.oid, 'private': False,
+                         'siblings': [{'rfilename': name} for name in sorted(commit.files)]})
+
     # -- uploads ------------------------------------------------------------------------------------------------
     def _authorized(self) -> bool:
         if self.headers.get('Authorization', '').startswith('Bearer '):
@@ -415,8 +431,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not exists:
                 self.hub._commit(repo_id, {'.gitattributes': b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n'},
                                  'main', 'initial commit')
-        if exists:
-            return self._error(409, None, 'You already created this model repo', {})
+        if exists:  # the Hub's 409 carries the url too
+            message = 'You already created this model repo'
+            return self._json(409, {'error': message, 'url': f'{self.hub.endpoint}/{repo_id}'},
+                              {'X-Error-Message': message})
         return self._json(200, {'url': f'{self.hub.endpoint}/{repo_id}', 'name': repo_id})
 
     def _repo_or_404(self, repo_id: str) -> Optional[Repo]:
@@ -659,7 +677,8 @@ def client_main() -> None:
     - ``{"model": name, "kwargs": {...}}``: ``timm.create_model(name, **kwargs)``; the result carries ``ok``, the
       ``digest`` of its state dict, ``num_classes``, ``hf_hub_id`` of its pretrained_cfg, or ``error_type`` /
       ``error``, and ``seconds``.
-    - ``{"cli": [args]}``: ``timm_ghost.cli.main(args)``; result ``ok`` (exit code 0) and ``code``.
+    - ``{"cli": [args]}``: ``timm_ghost.cli.main(args)``; result ``ok`` (exit code 0), ``code`` and ``stdout``.
+    - ``{"env": {name: value or None}}``: set / unset environment variables read at call time (``HF_TOKEN``).
     - ``{"ready": path, "go": path}``: touch ``ready``, then wait (up to 120 s) for ``go`` to exist.
     """
     actions = json.loads(sys.argv[1])
@@ -679,8 +698,17 @@ def client_main() -> None:
                     time.sleep(0.02)
                 result['ok'] = Path(action['go']).exists()
             elif 'cli' in action:
-                code = cli.main(action['cli'])
-                result.update(ok=code == 0, code=code)
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    code = cli.main(action['cli'])
+                result.update(ok=code == 0, code=code, stdout=out.getvalue())
+            elif 'env' in action:
+                for name, value in action['env'].items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+                result['ok'] = True
             else:
                 model = timm.create_model(action['model'], **action.get('kwargs', {}))
                 result.update(ok=True, digest=state_digest(model.state_dict()), num_classes=model.num_classes,

@@ -1,0 +1,210 @@
+"""``timm-ghost convert`` (checkpoint -> Hub-ready folder, verified, atomic) and ``timm-ghost push`` (upload through
+huggingface_hub, against the loopback Hub of tests/hub_server.py)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+import timm
+import torch
+import yaml
+from helpers import builtin_model, randomize_
+from hub_server import HubServer, hub_env, run_client, state_digest
+from safetensors.torch import load_file, save_file
+
+from timm_ghost import PAPER_RESULTS, cli
+from timm_ghost.models_info import count_params
+from timm_ghost.publish import HUB_FILES
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Convert runs forwards; one intra-op thread keeps them fast on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def source():
+    """A randomised ghostnet_100 and its state dict."""
+    model = randomize_(timm.create_model('ghostnet_100'), 21).eval()
+    return model, model.state_dict()
+
+
+def _authors_checkpoint(path, state_dict):
+    """The authors' ghostnet_pytorch layout as saved from DataParallel with thop counters, wrapped in state_dict."""
+    sd = {f'module.{k}': v for k, v in state_dict.items()}
+    sd['module.conv_stem.total_ops'] = torch.zeros(1, dtype=torch.float64)
+    sd['module.blocks.0.0.total_params'] = torch.zeros(1, dtype=torch.float64)
+    torch.save({'state_dict': sd, 'epoch': 399}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory, source):
+    """``timm-ghost convert`` of an authors'-layout checkpoint; (exit code, folder, stdout)."""
+    tmp = tmp_path_factory.mktemp('convert')
+    src = _authors_checkpoint(tmp / 'ghostnet_1x.pth', source[1])
+    out = tmp / 'ghostnet_100.test'
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = cli.main(['convert', str(src), str(out), '--model', 'ghostnet_100',
+                         '--repo-id', 'org/ghostnet_100.test'])
+    return code, out, buf.getvalue()
+
+
+def test_convert_writes_exactly_the_hub_files(converted, source):
+    code, out, stdout = converted
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(HUB_FILES)
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith('.')] == []  # no leftovers beside it
+    tensors = load_file(out / 'model.safetensors')
+    assert not any('module.' in k or 'total_' in k for k in tensors)
+    assert state_digest(tensors) == state_digest(source[1])
+    assert 'max abs logit difference 0' in stdout
+
+
+def test_converted_config_is_timms_format_and_loads_with_local_dir(converted, source):
+    _, out, _ = converted
+    config = json.loads((out / 'config.json').read_text())
+    assert (config['architecture'], config['num_classes'], config['num_features']) == ('ghostnet_100', 1000, 960)
+    assert not {'hf_hub_id', 'file', 'url', 'tag'} & set(config['pretrained_cfg'])
+    model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), source[0](x))
+
+
+def test_model_card_has_params_macs_accuracy_licence_citation(converted, source):
+    _, out, stdout = converted
+    card = (out / 'README.md').read_text()
+    meta = yaml.safe_load(card.split('---\n')[1])
+    assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0' and 'ghostnet' in meta['tags']
+    params = count_params(source[0])
+    assert f'Params (M): {params / 1e6:.2f}' in card and f'{params / 1e6:.2f} M params' in stdout
+    macs = stdout.split(' M MACs')[0].rsplit(', ', 1)[1]  # as measured by convert
+    assert f'MACs (M): {macs} (at 224 x 224)' in card
+    assert 130 < float(macs) < 150  # the paper: 141 M
+    paper = PAPER_RESULTS['ghostnet_100']
+    assert f'top-1 {paper.top1}, top-5 {paper.top5}' in card and 'not a measurement of these weights' in card
+    assert '@inproceedings{han2020ghostnet' in card
+    assert "timm.create_model('hf-hub:org/ghostnet_100.test', pretrained=True)" in card
+
+
+def test_convert_timm_checkpoint_with_other_classes_and_measured_accuracy(tmp_path):
+    reference = randomize_(builtin_model('ghostnet_050', num_classes=7), 22).eval()  # timm's own implementation
+    save_file(reference.state_dict(), tmp_path / 'timm.safetensors')
+    out = tmp_path / 'out'
+    assert cli.main(['convert', str(tmp_path / 'timm.safetensors'), str(out), '--model', 'ghostnet_050',
+                     '--top1', '61.5', '--dataset', 'imagenette', '--tag', 'imagenette']) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert (config['num_classes'], config['pretrained_cfg']['tag']) == (7, 'imagenette')
+    card = (out / 'README.md').read_text()
+    assert 'top-1: 61.5' in card and 'dataset: imagenette' in card and '- imagenette' in card
+    model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(x) - reference(x)).abs().max().item() < 1e-5
+
+
+def test_failed_convert_leaves_nothing(tmp_path):
+    wide = randomize_(timm.create_model('ghostnet_130'), 23)
+    torch.save(wide.state_dict(), tmp_path / 'g130.pth')
+    code = cli.main(['convert', str(tmp_path / 'g130.pth'), str(tmp_path / 'out'), '--model', 'ghostnet_100'])
+    assert code == 1
+    (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
+    assert cli.main(['convert', str(tmp_path / 'junk.pth'), str(tmp_path / 'out'), '--model', 'ghostnet_100']) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['g130.pth', 'junk.pth']
+
+
+def test_convert_errors_are_one_clear_line(tmp_path, capsys):
+    wide = randomize_(timm.create_model('ghostnet_130'), 23)
+    torch.save(wide.state_dict(), tmp_path / 'g130.pth')
+    cli.main(['convert', str(tmp_path / 'g130.pth'), str(tmp_path / 'out'), '--model', 'ghostnet_100'])
+    err = capsys.readouterr().err
+    assert err.startswith('timm-ghost convert: error: checkpoint does not fit ghostnet_100')
+    assert 'bn1.weight: checkpoint (20,) vs model (16,)' in err
+    (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
+    cli.main(['convert', str(tmp_path / 'junk.pth'), str(tmp_path / 'out'), '--model', 'ghostnet_100'])
+    assert f'SRC {tmp_path / "junk.pth"}: not a readable checkpoint' in capsys.readouterr().err
+
+
+def test_failed_verification_leaves_no_folder(tmp_path, source, monkeypatch):
+    import timm_ghost.publish as publish
+    monkeypatch.setattr(publish, '_VERIFY_TOLERANCE', -1.0)  # every comparison fails
+    torch.save(source[1], tmp_path / 'src.pth')
+    with pytest.raises(cli.CommandError, match='verification failed'):
+        publish.convert_checkpoint(tmp_path / 'src.pth', tmp_path / 'out', 'ghostnet_100')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['src.pth']
+
+
+def test_convert_keeps_an_existing_folder_unless_overwrite(tmp_path, converted):
+    _, out, _ = converted
+    target = tmp_path / 'out'
+    target.mkdir()
+    (target / 'keep.txt').write_text('mine')
+    src = _authors_checkpoint(tmp_path / 'src.pth', load_file(out / 'model.safetensors'))
+    assert cli.main(['convert', str(src), str(target), '--model', 'ghostnet_100']) == 1
+    assert [p.name for p in target.iterdir()] == ['keep.txt']
+    assert cli.main(['convert', str(src), str(target), '--model', 'ghostnet_100', '--overwrite']) == 0
+    assert sorted(p.name for p in target.iterdir()) == sorted(HUB_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out', 'src.pth']
+
+
+def test_push_dry_run_validates_the_folder(converted, tmp_path, capsys):
+    _, out, _ = converted
+    assert cli.main(['push', str(out), 'org/ghostnet_100.test', '--dry-run']) == 0
+    assert 'nothing sent' in capsys.readouterr().out
+    bad = tmp_path / 'bad'
+    shutil.copytree(out, bad)
+    (bad / 'pytorch_model.bin').write_bytes(b'')
+    assert cli.main(['push', str(bad), 'org/x', '--dry-run']) == 1
+    assert 'holds pickle files (pytorch_model.bin)' in capsys.readouterr().err
+    (bad / 'pytorch_model.bin').unlink()
+    (bad / 'README.md').unlink()
+    assert cli.main(['push', str(bad), 'org/x', '--dry-run']) == 1
+    assert 'lacks README.md' in capsys.readouterr().err
+    shutil.copy(out / 'README.md', bad / 'README.md')
+    config = json.loads((bad / 'config.json').read_text())
+    config['architecture'] = 'resnet50'
+    (bad / 'config.json').write_text(json.dumps(config))
+    assert cli.main(['push', str(bad), 'org/x', '--dry-run']) == 1
+    assert "architecture must be one of ghostnet_050, ghostnet_100, ghostnet_130, got 'resnet50'" in \
+        capsys.readouterr().err
+    assert cli.main(['push', str(out), 'not a repo id', '--dry-run']) == 1
+    assert "REPO_ID 'not a repo id'" in capsys.readouterr().err
+
+
+def test_push_uploads_to_the_hub_and_loads_back(converted, source, tmp_path):
+    _, out, _ = converted
+    card_edit = tmp_path / 'edited'
+    shutil.copytree(out, card_edit)
+    with open(card_edit / 'README.md', 'a') as f:
+        f.write('\nRevised card.\n')
+    with HubServer() as hub:
+        run = run_client([
+            {'id': 'push-no-token', 'cli': ['push', str(out), 'org/ghostnet-test']},
+            {'id': 'token', 'env': {'HF_TOKEN': 'hf_loopback'}},
+            {'id': 'push', 'cli': ['push', str(out), 'org/ghostnet-test']},
+            {'id': 'push-same', 'cli': ['push', str(out), 'org/ghostnet-test']},  # nothing changed: no new commit
+            {'id': 'push-dev', 'cli': ['push', str(card_edit), 'org/ghostnet-test', '--revision', 'dev']},
+            {'id': 'load', 'model': 'hf-hub:org/ghostnet-test', 'kwargs': {'pretrained': True}},
+            {'id': 'load-dev', 'model': 'hf-hub:org/ghostnet-test@dev', 'kwargs': {'pretrained': True}},
+        ], hub_env(hub.endpoint, tmp_path / 'hf_home'))
+        refused = run.stderr['push-no-token']
+        assert run['push-no-token']['code'] == 1
+        assert 'upload to org/ghostnet-test failed' in refused and '401' in refused and 'HF_TOKEN' in refused
+        for action in ('push', 'push-same', 'push-dev'):
+            assert run[action]["ok"], (run[action], run.raw_stderr[-2000:])
+        assert f'uploaded: {hub.endpoint}/org/ghostnet-test/commit/' in run['push']['stdout']
+        main, dev = hub.files('org/ghostnet-test', 'main'), hub.files('org/ghostnet-test', 'dev')
+        assert {n: main[n] for n in HUB_FILES} == {n: (out / n).read_bytes() for n in HUB_FILES}
+        assert dev['README.md'].endswith(b'Revised card.\n') and dev['model.safetensors'] == main['model.safetensors']
+        assert len(hub.seen('PUT', '/cdn/upload/')) == 1  # the weights went up once, through the LFS batch API
+        assert len(hub.seen('POST', '/commit/')) == 2
+        assert run['load']['digest'] == run['load-dev']['digest'] == state_digest(source[1])
