@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Linear, SelectAdaptivePool2d, create_conv2d, get_device_dtype, make_divisible
+from timm.layers import (
+    Linear, SelectAdaptivePool2d, create_conv2d, get_device_dtype, make_divisible, register_notrace_module,
+)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._builder import pretrained_cfg_for_features
 from timm.models._features import feature_take_indices
@@ -74,14 +76,21 @@ PAPER_RESULTS: Dict[str, PaperResult] = {
 }
 
 
-def _check_input_channels(x: torch.Tensor, in_chans: int) -> None:
+def _check_input_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Return ``x`` unchanged if it is ``(N, in_chans, H, W)``, else raise a ValueError saying what was expected."""
+    if torch.jit.is_tracing():  # shapes are constants to the tracer; checking would only add warnings
+        return x
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(
             f'GhostNet input: expected a (N, {in_chans}, H, W) tensor ({in_chans} channels, in_chans={in_chans}), '
             f'got shape {tuple(x.shape)} ({x.shape[1] if x.ndim > 1 else "no"} channels)')
+    return x
 
 
-torch.fx.wrap('_check_input_channels')  # a leaf in fx graphs (timm's feature extraction), still checked at run time
+# a leaf in fx graphs (timm's feature extraction), still checked at run time; it returns its input so that dead-code
+# elimination of the traced graph keeps it
+torch.fx.wrap('_check_input_channels')
+register_notrace_module(StemNorm)  # a BatchNorm2d, traced as a leaf like torch's own
 
 
 class GhostNet(nn.Module):
@@ -256,7 +265,7 @@ class GhostNet(nn.Module):
         max_index = self.stage_ends[max_index]
 
         if not torch.jit.is_scripting():
-            _check_input_channels(x, self.in_chans)
+            x = _check_input_channels(x, self.in_chans)
         x = self.conv_stem(x)
         if 0 in take_indices:
             intermediates.append(x)
@@ -301,7 +310,7 @@ class GhostNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            _check_input_channels(x, self.in_chans)
+            x = _check_input_channels(x, self.in_chans)
         x = self.conv_stem(x)
         x = self.bn1(x)
         x = self.act1(x)
