@@ -3,16 +3,16 @@ construction, tracing, compilation and export."""
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 from helpers import MODEL_NAMES, builtin_model, randomize_
 from safetensors.torch import save_file
-
-import timm
-import timm_ghost
-from timm.optim import create_optimizer_v2
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import adapt_input_conv
+from timm.optim import create_optimizer_v2
+
+import timm_ghost
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
-import timm
 from timm_ghost import PretrainedWeightsError
 
 

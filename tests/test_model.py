@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from helpers import MODEL_NAMES, builtin_model, randomize_
 from safetensors.torch import save_file
 
-import timm
 import timm_ghost
 from timm_ghost.models_info import count_macs, count_params
 

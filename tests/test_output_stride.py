@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from helpers import MODEL_NAMES, randomize_
 
-import timm
 from timm_ghost.models_info import count_params
 
 X = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))

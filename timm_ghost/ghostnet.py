@@ -17,7 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    Linear, SelectAdaptivePool2d, create_conv2d, get_device_dtype, make_divisible, register_notrace_module,
+    Linear,
+    SelectAdaptivePool2d,
+    create_conv2d,
+    get_device_dtype,
+    make_divisible,
+    register_notrace_module,
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._builder import pretrained_cfg_for_features
