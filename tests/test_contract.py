@@ -325,3 +325,18 @@ def test_onnx_export_with_dynamic_batch(name, tmp_path):
         with torch.no_grad():
             assert out.shape == (batch, 1000)
             assert _max_diff(torch.from_numpy(out), model(x)) <= 1e-4
+
+
+def test_onnx_dynamo_export_with_dynamic_batch(tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    model = randomize_(timm.create_model('ghostnet_050')).eval()
+    path = tmp_path / 'ghostnet_050.onnx'
+    torch.onnx.export(
+        model, (X,), str(path), input_names=['input'], output_names=['logits'],
+        dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, dynamo=True)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        (out,) = session.run(None, {'input': x.numpy()})
+        with torch.no_grad():
+            assert _max_diff(torch.from_numpy(out), model(x)) <= 1e-4
