@@ -143,7 +143,7 @@ def download_safetensors(
         raise PretrainedWeightsError(
             f'{where}/{filename}: remote weights are loaded only from safetensors files; '
             f'convert it with `timm-ghost convert` and publish model.safetensors')
-    offline = constants.is_offline_mode()
+    offline = constants.is_offline_mode() if hasattr(constants, 'is_offline_mode') else constants.HF_HUB_OFFLINE
     if revision and _COMMIT_HASH.fullmatch(revision):
         cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
         if isinstance(cached, str):  # a commit never changes: no request needed
@@ -202,7 +202,6 @@ def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str
     Returns None when the server answered (the file's metadata or a 4xx that ``hf_hub_download`` will turn into the
     right error), else a description of the last connection / timeout / 5xx failure.
     """
-    import httpx2
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -219,10 +218,14 @@ def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str
             if status is not None and status < 500 and status != 429:
                 return None  # 401/404...: a definite answer, raised with its meaning by hf_hub_download
             error = f'HTTP {status}'
-        except httpx2.TimeoutException:
-            error = f'no answer within HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s'
-        except httpx2.TransportError as e:
-            error = f'{type(e).__name__}: {e}'
+        except Exception as e:  # httpx / httpx2 (by huggingface_hub version) transport errors, by class name
+            kinds = {c.__name__ for c in type(e).__mro__}
+            if 'TimeoutException' in kinds or isinstance(e, TimeoutError):
+                error = f'no answer within HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s'
+            elif 'TransportError' in kinds or isinstance(e, OSError):
+                error = f'{type(e).__name__}: {e}'
+            else:
+                raise
     return error
 
 
