@@ -199,14 +199,15 @@ class HubServer:
             return [r for r in self.requests if (method is None or r.method == method) and contains in r.path]
 
     def downloads(self, repo_id: str, filename: str) -> int:
-        """How many GET requests fetched (part of) the content of ``filename`` of ``repo_id``, at any revision."""
+        """How many GET requests fetched (part of) the content of ``filename`` of ``repo_id``, at any revision
+        (``/resolve/`` answered with the content, or the CDN; a redirect is not a fetch)."""
         with self.lock:
             oids = {hashlib.sha256(c.files[filename]).hexdigest()
                     for c in self.repos.get(repo_id, Repo(repo_id)).commits.values() if filename in c.files}
             direct = f'/{repo_id}/resolve/'
             return sum(
                 1 for r in self.requests if r.method == 'GET' and (
-                    (r.path.startswith(direct) and r.path.endswith('/' + filename))
+                    (r.path.startswith(direct) and r.path.endswith('/' + filename) and r.status in (200, 206))
                     or any(r.path == f'/cdn/{repo_id}/{oid}' for oid in oids)))
 
 

@@ -66,6 +66,9 @@ class World:
         hub.commit('org/pickle-only', {'pytorch_model.bin': (tmp / 'pytorch_model.bin').read_bytes()})
         hub.commit('org/no-weights', {'README.md': b'# nothing here\n'})
         hub.commit('org/g130', {'model.safetensors': _weights('ghostnet_130', 5)})
+        hub.commit('org/url', {'model.safetensors': self.v2})
+        url = f'{hub.endpoint}/org/url/resolve/main/model.safetensors'
+        self.url_kwargs = {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=url)}
         for repo, fault in [('org/corrupt', 'corrupt'), ('org/err500', '500'), ('org/stall', 'stall'),
                             ('org/trunc', 'truncate')]:
             hub.commit(repo, {'model.safetensors': self.default})
@@ -88,6 +91,8 @@ class World:
             {'id': 'status-500', 'model': 'ghostnet_100', 'kwargs': _overlay('org/err500')},
             {'id': 'stall', 'model': 'ghostnet_100', 'kwargs': _overlay('org/stall')},
             {'id': 'truncated', 'model': 'ghostnet_100', 'kwargs': _overlay('org/trunc')},
+            {'id': 'url', 'model': 'ghostnet_100', 'kwargs': self.url_kwargs},
+            {'id': 'url-again', 'model': 'ghostnet_100', 'kwargs': self.url_kwargs},
         ], self.env(TQDM_POSITION='-1'), timeout=150)  # TQDM_POSITION=-1: bars on although stderr is a pipe
 
     def env(self, **extra) -> dict:
@@ -132,6 +137,13 @@ def test_revision_pinning_selects_the_pinned_file(world):
     assert world.run['pinned-commit']['digest'] == v1
     assert world.run['pinned-main']['digest'] == v2
     assert world.run['pinned-tag']['hf_hub_id'] == 'org/pinned@v1'
+
+
+def test_safetensors_url_downloads_once_into_torch_hub(world):
+    assert world.run['url']['digest'] == world.run['url-again']['digest'] == _digest(world.v2)
+    assert world.hub.downloads('org/url', 'model.safetensors') == 1
+    cached = world.home / 'torch' / 'hub' / 'checkpoints' / 'model.safetensors'  # TORCH_HOME of the client
+    assert cached.read_bytes() == world.v2
 
 
 def test_hf_hub_prefix_builds_from_the_repos_config(world):

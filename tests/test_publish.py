@@ -2,6 +2,7 @@
 huggingface_hub, against the loopback Hub of tests/hub_server.py)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -110,6 +111,17 @@ def test_convert_timm_checkpoint_with_other_classes_and_measured_accuracy(tmp_pa
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (model(x) - reference(x)).abs().max().item() < 1e-5
+
+
+def test_convert_timm_training_checkpoint_takes_ema_unless_told(tmp_path, source):
+    other = randomize_(timm.create_model('ghostnet_100'), 24).state_dict()
+    torch.save({'epoch': 3, 'arch': 'ghostnet_100', 'state_dict': other, 'state_dict_ema': source[1],
+                'args': argparse.Namespace(lr=0.4)}, tmp_path / 'checkpoint-3.pth.tar')  # as timm's train.py saves
+    src = str(tmp_path / 'checkpoint-3.pth.tar')
+    assert cli.main(['convert', src, str(tmp_path / 'ema'), '--model', 'ghostnet_100']) == 0
+    assert cli.main(['convert', src, str(tmp_path / 'raw'), '--model', 'ghostnet_100', '--no-ema']) == 0
+    assert state_digest(load_file(tmp_path / 'ema' / 'model.safetensors')) == state_digest(source[1])
+    assert state_digest(load_file(tmp_path / 'raw' / 'model.safetensors')) == state_digest(other)
 
 
 def test_failed_convert_leaves_nothing(tmp_path):
