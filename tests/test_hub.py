@@ -137,6 +137,7 @@ def test_revision_pinning_selects_the_pinned_file(world):
     assert world.run['pinned-commit']['digest'] == v1
     assert world.run['pinned-main']['digest'] == v2
     assert world.run['pinned-tag']['hf_hub_id'] == 'org/pinned@v1'
+    assert world.hub.seen(contains=f'/resolve/{world.v1_oid}/') == []  # a cached commit needs no request
 
 
 def test_safetensors_url_downloads_once_into_torch_hub(world):

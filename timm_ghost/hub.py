@@ -192,7 +192,7 @@ def download_safetensors(
     except Exception as e:  # connection refused, timeouts, 5xx, a transfer cut short: one line, the cause chained
         raise PretrainedWeightsError(
             f'could not download {filename} from Hub repository {where} at {constants.ENDPOINT}: '
-            f'{type(e).__name__}: {e}') from e
+            f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}') from e
     return _verified(Path(path), where, filename)
 
 
