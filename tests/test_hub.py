@@ -24,6 +24,7 @@ from timm_ghost.hub import PretrainedWeightsError
 
 TIMEOUT = 2  # HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT of the client processes, seconds
 PROBE_BOUND = 2 * TIMEOUT + 1  # two metadata tries and the pause between them
+SLACK = 10  # for building the model on a busy machine; huggingface_hub's own retries would take > 20 s
 
 
 def _weights(name: str, seed: int, **kwargs) -> bytes:
@@ -198,11 +199,11 @@ def test_server_errors_fail_clearly_within_the_timeouts(world):
     r = world.run['status-500']
     assert r['error_type'] == 'PretrainedWeightsError'
     assert 'org/err500' in r['error'] and 'HTTP 500' in r['error'] and 'after 2 tries' in r['error']
-    assert r['seconds'] < PROBE_BOUND + 3
+    assert r['seconds'] < PROBE_BOUND + SLACK
     r = world.run['stall']
     assert r['error_type'] == 'PretrainedWeightsError'
     assert 'org/stall' in r['error'] and f'no answer within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s' in r['error']
-    assert 2 * TIMEOUT - 0.5 < r['seconds'] < PROBE_BOUND + 5  # it waited for the timeout, and no longer
+    assert 2 * TIMEOUT - 0.5 < r['seconds'] < PROBE_BOUND + SLACK  # it waited for the timeouts, no longer
 
 
 def test_refused_connections_fail_clearly_and_fall_back_to_the_cache(world):
@@ -215,7 +216,7 @@ def test_refused_connections_fail_clearly_and_fall_back_to_the_cache(world):
     cold = run['cold']
     assert cold['error_type'] == 'PretrainedWeightsError'
     assert 'org/cold' in cold['error'] and 'ConnectError' in cold['error'] and 'No cached copy' in cold['error']
-    assert cold['seconds'] < PROBE_BOUND + 3
+    assert cold['seconds'] < PROBE_BOUND + SLACK
 
 
 def test_cut_transfer_errors_leaves_no_cache_entry_and_retry_succeeds(world):
