@@ -349,7 +349,8 @@ def _create_ghostnet(variant: str, pretrained: bool = False, **kwargs: Any) -> G
     pretrained_cfg = kwargs.pop('pretrained_cfg', None)
     overlay = kwargs.pop('pretrained_cfg_overlay', None)
     # weights are resolved here (safetensors only over the network) and handed to timm's loader as a local file
-    pretrained_cfg, overlay, reported_cfg = prepare_pretrained(variant, pretrained, pretrained_cfg, overlay)
+    pretrained_cfg, overlay, reported_cfg = prepare_pretrained(
+        variant, pretrained, pretrained_cfg, overlay, cache_dir=kwargs.get('cache_dir'))
     model = build_model_with_cfg(
         GhostNet,
         variant,
