@@ -73,11 +73,21 @@ def _cmd_demo(args: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- predict
+_WEIGHTS_HELP = ('pass --weights FILE|FOLDER (a .safetensors / .pth file, or a folder with model.safetensors + '
+                 'config.json such as `timm-ghost demo` writes)')
+
+
 def _no_weights_hint(model_name: str, reason: str) -> str:
     from .hub import cache_dir
-    return (f'no weights for {model_name}: {reason.rstrip(".")}. To get them: run once with access to the Hugging Face '
-            f'Hub (they are cached in {cache_dir()}, then work with HF_HUB_OFFLINE=1), or pass --weights with a local '
-            f'.safetensors / .pth file or a folder holding model.safetensors + config.json')
+    return (f'no weights for {model_name}: {reason.rstrip(".")}. To get them: connect once to the Hugging Face Hub '
+            f'(downloads are cached in {cache_dir()}, which HF_HUB_OFFLINE=1 then reads), or {_WEIGHTS_HELP}')
+
+
+def _no_pretrained_tag(model_name: str) -> str:
+    import timm
+    others = [t for t in timm.list_pretrained('ghostnet_*') if not t.startswith(model_name)]
+    return (f'{model_name} has no pretrained weights (ImageNet weights exist for {", ".join(others) or "none"}): '
+            f'{_WEIGHTS_HELP}, or choose --model {others[0].split(".")[0] if others else "..."}')
 
 
 def _safetensors_num_classes(path: Path) -> Optional[int]:
@@ -106,6 +116,8 @@ def load_for_predict(model_name: str, weights: Optional[str] = None) -> Tuple[nn
         raise CommandError(f'--model must be one of {", ".join(WIDTHS)}, got {model_name!r}')
     try:
         if weights is None:
+            if not timm.list_pretrained(f'{model_name}.*'):
+                raise CommandError(_no_pretrained_tag(model_name))
             return timm.create_model(model_name, pretrained=True).eval(), f'{model_name} pretrained'
         path = Path(weights).expanduser()
         if path.is_dir():

@@ -1,0 +1,327 @@
+"""The workflow commands: ``data`` (digits ImageFolder), ``recipe``, ``predict`` and ``demo`` (reduced and full)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from helpers import randomize_
+from PIL import Image
+from safetensors.torch import save_file
+
+from timm_ghost import WIDTHS
+from timm_ghost.cli import main
+from timm_ghost.data import write_digits_imagefolder
+from timm_ghost.workflows import predict_topk, recipe_command, recipe_path
+
+sklearn_datasets = pytest.importorskip('sklearn.datasets', reason='the digits data set ships with scikit-learn')
+
+
+def _files(root: Path) -> list:
+    return sorted(str(p.relative_to(root)) for p in root.rglob('*.png'))
+
+
+# ------------------------------------------------------------------------------------------------ data
+@pytest.fixture(scope='module')
+def digits8(tmp_path_factory) -> Path:
+    """The digits at their native 8x8, written once for the module."""
+    out = tmp_path_factory.mktemp('digits') / 'digits8'
+    write_digits_imagefolder(out, img_size=8)
+    return out
+
+
+def test_digits_folder_layout_and_counts(digits8):
+    train, val = _files(digits8 / 'train'), _files(digits8 / 'validation')
+    assert (len(train), len(val)) == (1437, 360)
+    assert sorted(p.name for p in (digits8 / 'train').iterdir()) == [str(c) for c in range(10)]
+    assert sorted(p.name for p in (digits8 / 'validation').iterdir()) == [str(c) for c in range(10)]
+    # stratified: every class keeps its share (178..183 images per class, 20 % of them validation, +-1)
+    for c in range(10):
+        n_val = len(list((digits8 / 'validation' / str(c)).iterdir()))
+        n_all = n_val + len(list((digits8 / 'train' / str(c)).iterdir()))
+        assert abs(n_val - 0.2 * n_all) <= 1, (c, n_val, n_all)
+    # no image in both splits: the file name is the sample index in load_digits()
+    assert not {Path(p).name for p in train} & {Path(p).name for p in val}
+
+
+def test_digits_pixels_trace_back_to_scikit_learn(digits8):
+    digits = sklearn_datasets.load_digits()
+    for rel in _files(digits8 / 'validation')[:50]:
+        label, name = Path(rel).parts
+        idx = int(Path(name).stem)
+        img = np.asarray(Image.open(digits8 / 'validation' / rel))
+        assert img.shape == (8, 8) and img.dtype == np.uint8
+        assert int(label) == digits.target[idx]
+        np.testing.assert_array_equal(img, np.rint(digits.images[idx] * 255 / 16).astype(np.uint8))
+
+
+def test_digits_split_is_deterministic_and_seeded(tmp_path, digits8):
+    write_digits_imagefolder(tmp_path / 'same', img_size=8, seed=0)
+    write_digits_imagefolder(tmp_path / 'other', img_size=8, seed=1)
+    assert _files(tmp_path / 'same') == _files(digits8)
+    assert _files(tmp_path / 'other') != _files(digits8)
+    assert len(_files(tmp_path / 'other' / 'validation')) == 360
+
+
+def test_digits_size_option(tmp_path):
+    folder = write_digits_imagefolder(tmp_path / 'd', img_size=24)
+    img = Image.open(next((tmp_path / 'd' / 'train' / '7').iterdir()))
+    assert img.size == (24, 24) and img.mode == 'L'
+    assert folder.counts == {'train': 1437, 'validation': 360} and folder.num_classes == 10
+
+
+def test_digits_refuses_non_empty_folder_unless_forced(tmp_path):
+    out = tmp_path / 'd'
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match='not empty.*--force'):
+        write_digits_imagefolder(out, img_size=8)
+    assert [p.name for p in out.iterdir()] == ['keep.txt']
+    write_digits_imagefolder(out, img_size=8, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ['train', 'validation']
+
+
+def test_digits_failure_leaves_nothing_behind(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 100:
+            raise OSError('disk full')
+        return original(self, *args, **kwargs)
+
+    original = Image.Image.save
+    monkeypatch.setattr(Image.Image, 'save', failing_save)
+    with pytest.raises(OSError, match='disk full'):
+        write_digits_imagefolder(tmp_path / 'd', img_size=8)
+    assert len(calls) == 101
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a partial temporary one
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(img_size=4), 'img_size must be an integer >= 8'),
+    (dict(val_fraction=1.0), r'val_fraction must be in \(0, 1\)'),
+])
+def test_digits_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        write_digits_imagefolder(tmp_path / 'd', **kwargs)
+    assert not (tmp_path / 'd').exists()
+
+
+def test_cli_data(tmp_path, capsys):
+    assert main(['data', 'digits', str(tmp_path / 'd'), '--size', '8']) == 0
+    assert 'wrote 1437 train / 360 validation images (10 classes, 8x8 px)' in capsys.readouterr().out
+    assert main(['data', 'digits', str(tmp_path / 'd'), '--size', '8']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and err.startswith('timm-ghost data: error: ') and '--force' in err
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+@pytest.mark.parametrize('name', list(WIDTHS))
+def test_recipe_is_the_papers_imagenet_setup(name):
+    cfg = yaml.safe_load(recipe_path(name).read_text())
+    assert cfg['model'] == name and cfg['num_classes'] == 1000 and cfg['img_size'] == 224
+    assert 'timm_ghost' in cfg['device_modules']
+    # SGD momentum 0.9, lr 0.4 at a global batch of 1024 (8 x 128), scaled linearly for other batch sizes
+    assert (cfg['opt'], cfg['momentum']) == ('sgd', 0.9)
+    assert (cfg['lr_base'], cfg['lr_base_size'], cfg['lr_base_scale']) == (0.4, 1024, 'linear')
+    assert 'lr' not in cfg and cfg['batch_size'] * 8 == 1024
+    assert cfg['weight_decay'] == pytest.approx(4e-5)
+    # 5 warm-up epochs, cosine, 400 epochs; dropout 0.2, label smoothing 0.1
+    assert (cfg['sched'], cfg['epochs'], cfg['warmup_epochs']) == ('cosine', 400, 5)
+    assert (cfg['drop'], cfg['smoothing']) == (0.2, 0.1)
+    # RRC 0.08-1, flip, colour jitter 0.4; eval 224 / 256 bicubic
+    assert cfg['scale'] == [0.08, 1.0] and cfg['hflip'] == 0.5 and cfg['color_jitter'] == 0.4
+    assert (cfg['interpolation'], cfg['crop_pct']) == ('bicubic', 0.875)
+    # the recipe's eval settings are the model's own
+    pretrained_cfg = timm.create_model(name).pretrained_cfg
+    assert (pretrained_cfg['interpolation'], pretrained_cfg['crop_pct']) == ('bicubic', 0.875)
+
+
+def test_recipes_differ_only_in_the_model():
+    texts = {name: recipe_path(name).read_text().replace(name, 'MODEL') for name in WIDTHS}
+    widths = {name: f'{w}x' for name, w in WIDTHS.items()}
+    assert len({t.replace(widths[n], 'W') for n, t in texts.items()}) == 1
+
+
+def test_cli_recipe(capsys):
+    assert main(['recipe', 'ghostnet_100', '--data-dir', '/data/imagenet']) == 0
+    path, command = capsys.readouterr().out.strip().splitlines()
+    assert Path(path) == recipe_path('ghostnet_100') and Path(path).is_file()
+    assert command == (f'torchrun --nproc_per_node=8 train.py -c {path} --device-modules timm_ghost '
+                       f'--data-dir /data/imagenet')
+    assert recipe_command('ghostnet_050', nproc=1).startswith('python train.py -c ')
+
+
+def test_cli_recipe_unknown_model(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['recipe', 'ghostnet_200'])
+    assert e.value.code == 2 and "invalid choice: 'ghostnet_200'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ predict
+@pytest.fixture(scope='module')
+def image_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp('img') / 'cat.png'
+    gen = np.random.default_rng(0)
+    Image.fromarray(gen.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def random_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp('w') / 'ghostnet_100_random.safetensors'
+    model = randomize_(timm.create_model('ghostnet_100'), seed=3)
+    save_file(model.state_dict(), path)
+    return path
+
+
+def _expected_top5(name: str, weights: Path, image: Path):
+    from timm.data import create_transform, resolve_data_config
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights))).eval()
+    x = create_transform(**resolve_data_config(model=model))(Image.open(image).convert('RGB')).unsqueeze(0)
+    with torch.no_grad():
+        return model(x).softmax(-1)[0].topk(5)
+
+
+def test_predict_top5_with_imagenet_names(capsys, image_file, random_weights):
+    from timm.data import ImageNetInfo
+    assert main(['predict', str(image_file), '--weights', str(random_weights)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == f'ghostnet_100 ({random_weights}) on {image_file}:'
+    assert len(out) == 6
+    expected = _expected_top5('ghostnet_100', random_weights, image_file)
+    info = ImageNetInfo()
+    for line, p, i in zip(out[1:], expected.values, expected.indices):
+        synset, description = info.index_to_label_name(int(i)), info.index_to_description(int(i))
+        assert line.endswith(f'{synset}  {description}'), line
+        assert f'{100 * float(p):6.2f} %' in line
+
+
+def test_predict_topk_numbers(image_file, random_weights):
+    from timm_ghost.workflows import load_for_predict
+    model, _ = load_for_predict('ghostnet_100', str(random_weights))
+    rows = predict_topk(model, str(image_file), k=3)
+    expected = _expected_top5('ghostnet_100', random_weights, image_file)
+    assert [r['index'] for r in rows] == expected.indices[:3].tolist()
+    assert max(abs(r['prob'] - float(p)) for r, p in zip(rows, expected.values)) < 1e-6
+    assert rows[0]['prob'] >= rows[1]['prob'] >= rows[2]['prob']
+
+
+def test_predict_without_reachable_weights_says_how_to_get_them(capsys, image_file, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
+    assert main(['predict', str(image_file)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == '' and err.count('\n') == 0
+    assert err.startswith('timm-ghost predict: error: no weights for ghostnet_100: ')
+    assert 'HF_HUB_OFFLINE' in err and '--weights' in err and str(tmp_path / 'empty-cache') in err
+    assert 'timm/ghostnet_100' in err
+
+
+def test_predict_variant_without_pretrained_weights(capsys, image_file):
+    assert main(['predict', str(image_file), '--model', 'ghostnet_050']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'ghostnet_050' in err and 'no pretrained weights' in err and '--weights' in err
+
+
+def test_predict_bad_inputs(capsys, image_file, random_weights, tmp_path):
+    assert main(['predict', str(tmp_path / 'nope.png'), '--weights', str(random_weights)]) == 1
+    assert capsys.readouterr().err.strip() == f'timm-ghost predict: error: image not found: {tmp_path / "nope.png"}'
+    assert main(['predict', str(image_file), '--weights', str(tmp_path / 'nope.safetensors')]) == 1
+    assert 'no such file or folder' in capsys.readouterr().err
+    not_image = tmp_path / 'notes.png'
+    not_image.write_text('hello')
+    assert main(['predict', str(not_image), '--weights', str(random_weights)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'not an image file' in err
+    # weights of another width: one line naming the mismatch
+    assert main(['predict', str(image_file), '--model', 'ghostnet_130', '--weights', str(random_weights)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'does not fit ghostnet_130' in err
+
+
+def test_predict_hub_folder_uses_its_label_names(capsys, tmp_path, image_file):
+    from timm.models import save_for_hf
+    model = randomize_(timm.create_model('ghostnet_050', num_classes=3), seed=1)
+    save_for_hf(model, tmp_path / 'hub', model_config=dict(label_names=['cat', 'dog', 'owl']), safe_serialization=True)
+    assert main(['predict', str(image_file), '--weights', str(tmp_path / 'hub'), '--model', 'ghostnet_100']) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith('ghostnet_050 (local-dir:') and len(out) == 4  # top-5 capped at 3 classes
+    assert sorted(line.split()[-1] for line in out[1:]) == ['cat', 'dog', 'owl']
+
+
+# ------------------------------------------------------------------------------------------------ help
+@pytest.mark.parametrize('command', ['demo', 'data', 'recipe', 'predict'])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, '--help'])
+    assert e.value.code == 0
+    assert f'usage: timm-ghost {command}' in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ demo
+def test_demo_reduced(tmp_path, capsys):
+    """The whole demo at 16 px for one epoch: files, reload, fusion and the table (accuracy not asserted)."""
+    out = tmp_path / 'demo'
+    assert main(['demo', '--out', str(out), '--epochs', '1', '--img-size', '16', '--no-progress']) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ['data', 'model', 'results.json']
+    assert sorted(p.name for p in (out / 'model').iterdir()) == ['config.json', 'model.safetensors']
+    assert not list(tmp_path.glob('.demo.partial-*'))
+    r = json.loads((out / 'results.json').read_text())
+    assert (r['num_train'], r['num_val'], r['num_classes']) == (1437, 360, 10)
+    assert len(r['history']) == 1 and r['config']['img_size'] == 16
+    assert r['reloaded_top1'] == r['val_top1']  # reload reproduces the logits exactly (checked inside too)
+    assert r['same_argmax'] == 360 and r['max_abs_logit_diff'] < 1e-3
+    assert r['fused_top1'] == r['val_top1']
+    assert r['fused_params'] < r['params']
+    config = json.loads((out / 'model' / 'config.json').read_text())
+    assert config['architecture'] == 'ghostnet_050' and config['num_classes'] == 10
+    assert config['label_names'] == [str(i) for i in range(10)]
+    assert config['pretrained_cfg']['input_size'] == [3, 16, 16]
+    for row in ('val top-1, trained', 'val top-1, reloaded (local-dir:)', 'val top-1, BN-fused', 'fused vs unfused',
+                'CPU latency, batch 64', 'Hub-ready folder'):
+        assert f'| {row}' in printed
+    assert '360/360 same top-1' in printed
+    # the saved folder is what timm loads
+    model = timm.create_model(f'local-dir:{out / "model"}', pretrained=True)
+    assert type(model).__module__ == 'timm_ghost.ghostnet' and model.num_classes == 10
+    # a second run refuses the folder, naming --force
+    assert main(['demo', '--out', str(out), '--epochs', '1', '--img-size', '16', '--no-progress']) == 1
+    assert '--force' in capsys.readouterr().err
+
+
+def test_demo_failure_leaves_nothing_behind(tmp_path, monkeypatch):
+    import timm_ghost.demo as demo
+
+    def boom(*args, **kwargs):
+        raise RuntimeError('training diverged')
+
+    monkeypatch.setattr(demo, 'train_classifier', boom)
+    with pytest.raises(RuntimeError, match='training diverged'):
+        demo.run_demo(tmp_path / 'demo', demo.DemoConfig(img_size=16, epochs=1), progress=False, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_bad_options(capsys, tmp_path):
+    assert main(['demo', '--out', str(tmp_path / 'x'), '--img-size', '8']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == 'timm-ghost demo: error: img_size must be >= 16 (GhostNet downsamples by 32), got 8'
+    assert not (tmp_path / 'x').exists()
+
+
+@pytest.mark.slow
+def test_demo_full_reaches_95_percent(tmp_path, capsys):
+    """The README's main job with its defaults (a few minutes on two cores)."""
+    out = tmp_path / 'demo'
+    assert main(['demo', '--out', str(out), '--no-progress']) == 0
+    r = json.loads((out / 'results.json').read_text())
+    assert r['val_top1'] >= 95.0, r['history']
+    assert r['fused_top1'] >= 95.0 and r['same_argmax'] == r['num_val']
