@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import DropPath, create_conv2d, make_divisible
 from timm.models._efficientnet_blocks import SqueezeExcite
 
-from .deploy import fold_conv_bn, fold_sequential_conv_bn
+from .deploy import ConvActDeploy, GhostBottleneckDeploy, ToChannelsLast, fold_conv_bn, fold_sequential_conv_bn
 
 __all__ = ['GhostModule', 'GhostBottleneck', 'ConvBnAct', 'StemNorm']
 
@@ -136,8 +136,18 @@ class GhostBottleneck(nn.Module):
         return self.drop_path(x) + self.shortcut(shortcut)
 
     @torch.jit.ignore
+    def fuse(self) -> nn.Module:
+        """The inference form of this block (:class:`~timm_ghost.deploy.GhostBottleneckDeploy`), every BatchNorm
+        folded. A block whose structure the deploy form does not cover is folded in place and returned."""
+        deploy = GhostBottleneckDeploy.from_block(self)
+        if deploy is not None:
+            return deploy
+        self.reparameterize()
+        return self
+
+    @torch.jit.ignore
     def reparameterize(self) -> None:
-        """Fold the depthwise and shortcut BatchNorms (the Ghost modules fold their own)."""
+        """Fold the depthwise and shortcut BatchNorms in place (the Ghost modules fold their own)."""
         if self.conv_dw is not None and self.bn_dw is not None:
             self.conv_dw = fold_conv_bn(self.conv_dw, self.bn_dw)
             self.bn_dw = nn.Identity()
@@ -168,8 +178,16 @@ class ConvBnAct(nn.Module):
         return self.act1(self.bn1(self.conv(x)))
 
     @torch.jit.ignore
+    def fuse(self) -> nn.Module:
+        """The folded conv + ReLU (:class:`~timm_ghost.deploy.ConvActDeploy`); other activations fold in place."""
+        if type(self.act1) is nn.ReLU and isinstance(self.bn1, nn.BatchNorm2d):
+            return ConvActDeploy(fold_conv_bn(self.conv, self.bn1))
+        self.reparameterize()
+        return self
+
+    @torch.jit.ignore
     def reparameterize(self) -> None:
-        """Fold ``bn1`` into ``conv`` (inference only)."""
+        """Fold ``bn1`` into ``conv`` in place (inference only)."""
         self.conv = fold_conv_bn(self.conv, self.bn1)
         self.bn1 = nn.Identity()
 
@@ -187,8 +205,9 @@ class StemNorm(nn.BatchNorm2d):
 
     @torch.jit.ignore
     def fuse(self) -> nn.Module:
-        """Fold into the stem conv in place (it gains a bias) and return the Identity that replaces this norm."""
+        """Fold into the stem conv in place (it gains a bias) and return what replaces this norm: the switch to
+        channels_last memory format (:class:`~timm_ghost.deploy.ToChannelsLast`) the deploy blocks compute in."""
         conv: nn.Conv2d = self.__dict__['_folds_into']
         fused = fold_conv_bn(conv, self)
         conv.weight, conv.bias = fused.weight, fused.bias
-        return nn.Identity()
+        return ToChannelsLast()

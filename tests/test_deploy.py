@@ -1,0 +1,236 @@
+"""BN-fused deploy mode: ``timm.utils.reparameterize_model`` turns GhostNet into an inference model without
+BatchNorm that computes the eval-mode function (max abs logit diff <= 1e-4 in fp32).
+
+Equality is checked for all three widths; TorchScript, torch.compile and ONNX on ghostnet_050 only (the deploy
+blocks are the same classes at every width). The full inductor compile is ``@pytest.mark.slow``
+(``pytest -m slow tests/test_deploy.py``).
+"""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from helpers import MODEL_NAMES, randomize_
+from timm.utils import reparameterize_model
+
+import timm_ghost.deploy as deploy
+from timm_ghost.blocks import GhostBottleneck
+from timm_ghost.deploy import GhostBottleneckDeploy, fast_path_enabled
+from timm_ghost.models_info import count_params
+
+TOL = 1e-4
+X224 = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+X96 = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+
+
+def _norm_count(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope='module')
+def pair050():
+    """(eval-mode ghostnet_050 with random weights and BN statistics, its deploy copy)."""
+    model = randomize_(timm.create_model('ghostnet_050'), seed=3).eval()
+    return model, reparameterize_model(model)
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_fused_logits_equal_eval_logits_with_no_batchnorm_left(name):
+    model = randomize_(timm.create_model(name), seed=1).eval()
+    assert _norm_count(model) > 50
+    fused = reparameterize_model(model)
+    assert _norm_count(fused) == 0
+    assert sum(isinstance(m, GhostBottleneckDeploy) for m in fused.modules()) == 16
+    assert count_params(fused) < count_params(model)  # BN scale/shift gone, conv biases added
+    with torch.no_grad():
+        ref = model(X224)
+        assert ref.abs().max() > 1.0  # logits O(1): a diff bound of 1e-4 means something
+        fast = fused(X224)  # eager CPU fast path (autograd off)
+    portable = fused(X224)  # autograd on: the standard-ops path
+    assert fast.shape == portable.shape == (2, 1000)
+    assert _max_diff(fast, ref) <= TOL
+    assert _max_diff(portable.detach(), ref) <= TOL
+
+
+def test_inplace_false_leaves_the_original_untouched(pair050):
+    model = randomize_(timm.create_model('ghostnet_050'), seed=2).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        ref = model(X96)
+    fused = reparameterize_model(model, inplace=False)
+    assert fused is not model
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)] == before_norms
+    assert all(isinstance(b, GhostBottleneck) for stage in model.blocks[:-1] for b in stage)
+    with torch.no_grad():
+        assert torch.equal(model(X96), ref)
+
+
+def test_inplace_true_converts_the_model_itself():
+    model = randomize_(timm.create_model('ghostnet_050'), seed=2).eval()
+    with torch.no_grad():
+        ref = model(X96)
+    assert reparameterize_model(model, inplace=True) is model
+    assert _norm_count(model) == 0
+    with torch.no_grad():
+        assert _max_diff(model(X96), ref) <= TOL
+
+
+@pytest.mark.parametrize('output_stride', [32, 16, 8])
+def test_features_only_maps_equal_except_the_stem_which_is_normalised(output_stride):
+    model = randomize_(timm.create_model('ghostnet_050', features_only=True, output_stride=output_stride)).eval()
+    fused = reparameterize_model(model)
+    assert _norm_count(fused) == 0
+    with torch.no_grad():
+        ref, out = model(X96), fused(X96)
+        stem_normalised = model.bn1(model.conv_stem(X96))
+    assert [f.shape for f in out] == [f.shape for f in ref]
+    assert out[-1].shape[-1] == 96 // output_stride
+    # feature 0 is conv_stem's output: after folding, the conv includes the BN (pre-activation, not the raw conv)
+    assert _max_diff(out[0], stem_normalised) <= TOL
+    assert _max_diff(out[0], ref[0]) > 0.1
+    for a, b in zip(out[1:], ref[1:]):
+        assert _max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_dilated_classifier_and_intermediates_match(output_stride):
+    model = randomize_(timm.create_model('ghostnet_050', output_stride=output_stride)).eval()
+    fused = reparameterize_model(model)
+    with torch.no_grad():
+        assert _max_diff(fused(X96), model(X96)) <= TOL
+        final, feats = fused.forward_intermediates(X96)
+        ref_final, ref_feats = model.forward_intermediates(X96)
+    assert _max_diff(final, ref_final) <= TOL
+    assert len(feats) == len(ref_feats) == 5
+    for a, b in zip(feats[1:], ref_feats[1:]):
+        assert _max_diff(a, b) <= TOL
+
+
+def test_fast_path_runs_only_for_eager_fp32_cpu_inference():
+    x = torch.zeros(1, 3, 8, 8)
+    assert not fast_path_enabled(x)  # autograd on
+    with torch.no_grad():
+        assert fast_path_enabled(x)
+        assert not fast_path_enabled(x.bfloat16())
+    with torch.inference_mode():
+        assert fast_path_enabled(x)
+
+
+def test_fast_path_slices_large_batches_without_changing_results(pair050, monkeypatch):
+    _, fused = pair050
+    with torch.no_grad():
+        whole = fused(X96)
+        monkeypatch.setattr(deploy, 'CHUNK_BYTES', 1)  # one image per slice in every block
+        sliced = fused(X96)
+    assert _max_diff(whole, sliced) <= 1e-5
+
+
+def test_packed_weight_cache_follows_weight_changes(pair050):
+    _, fused = copy.deepcopy(pair050)
+    block = fused.blocks[1][0]
+    with torch.no_grad():
+        fused(X96)  # packs
+        block.cheap1.weight.mul_(2.0)  # in-place edit
+        block.shortcut_dw.weight = nn.Parameter(block.shortcut_dw.weight * 0.5)  # new tensor
+        fast = fused(X96)
+    portable = fused(X96)
+    assert _max_diff(fast, portable.detach()) <= TOL
+    state = fused.state_dict()
+    state['blocks.3.0.cheap2.weight'] = state['blocks.3.0.cheap2.weight'] * 3.0
+    fused.load_state_dict(state)
+    with torch.no_grad():
+        fast = fused(X96)
+    assert _max_diff(fast, fused(X96).detach()) <= TOL
+
+
+def test_deepcopy_and_pickle_of_a_used_model(pair050):
+    model, fused = pair050
+    with torch.no_grad():
+        ref = model(X96)
+        fused(X96)  # fills the packed-weight caches, which must not travel
+    buf = io.BytesIO()
+    torch.save(fused, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(fused), torch.load(buf, weights_only=False)):
+        with torch.no_grad():
+            assert _max_diff(other(X96), ref) <= TOL
+
+
+def test_other_dtypes_take_the_portable_path(pair050):
+    model, fused = pair050
+    x = X96[:1, :, :32, :32]
+    with torch.no_grad():
+        ref = model(x)
+        out = copy.deepcopy(fused).to(torch.float64)(x.double())
+    assert out.dtype == torch.float64
+    assert _max_diff(out.float(), ref) <= TOL
+
+
+def test_training_the_fused_model_trains_a_network_without_normalisation(pair050):
+    _, fused = copy.deepcopy(pair050)
+    fused.train()
+    assert _norm_count(fused) == 0
+    loss = fused(X96).logsumexp(1).mean()
+    loss.backward()
+    grads = [p.grad for p in fused.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert fused.blocks[3][0].primary2_b.weight.grad.abs().sum() > 0
+
+
+def test_blocks_outside_ghostnets_structure_fold_in_place():
+    block = GhostBottleneck(16, 48, 24, 3, stride=2, se_ratio=0.25, act_layer=nn.Hardswish)
+    net = randomize_(nn.Sequential(block)).eval()
+    x = torch.randn(2, 16, 20, 20)
+    with torch.no_grad():
+        ref = net(x)
+        fused = reparameterize_model(net)
+        assert type(fused[0]) is GhostBottleneck and _norm_count(fused) == 0
+        assert _max_diff(fused(x), ref) <= TOL
+
+
+def test_torchscript(pair050):
+    model, fused = pair050
+    scripted = torch.jit.script(fused)
+    with torch.no_grad():
+        assert _max_diff(scripted(X96), model(X96)) <= TOL
+
+
+def test_torch_compile_captures_one_graph(pair050):
+    model, fused = pair050
+    compiled = torch.compile(fused, fullgraph=True, backend='eager')  # dynamo capture; inductor in the slow test
+    with torch.no_grad():
+        assert _max_diff(compiled(X96), model(X96)) <= TOL
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor(pair050):
+    model, fused = pair050
+    compiled = torch.compile(fused, fullgraph=True)
+    with torch.no_grad():
+        assert _max_diff(compiled(X96), model(X96)) <= TOL
+
+
+def test_onnx_export_with_dynamic_batch_matches_onnxruntime(pair050, tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    model, fused = pair050
+    path = tmp_path / 'ghostnet_050_fused.onnx'
+    torch.onnx.export(fused, (X96[:2],), str(path), input_names=['x'], output_names=['logits'],
+                      dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, dynamo=True, verbose=False)
+    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    assert 'BatchNormalization' not in {n.op_type for n in __import__('onnx').load(str(path)).graph.node}
+    with torch.no_grad():
+        for x in (X96[:1], X96):
+            (out,) = sess.run(None, {'x': x.numpy()})
+            assert out.shape == (x.shape[0], 1000)
+            assert abs(out - model(x).numpy()).max() <= TOL
