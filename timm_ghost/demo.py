@@ -41,7 +41,9 @@ class DemoConfig:
     channels_last: bool = True  # NHWC: about 2x faster on CPUs for GhostNet's depthwise convolutions
     seed: int = 0
     workers: int = 0
-    threads: Optional[int] = None  # torch threads; None keeps torch's choice
+    # torch CPU threads (0: torch's choice). One by default: these small batches leave little to split, and a second
+    # OpenMP thread on a CPU that other jobs share can make training tens of times slower (spinning threads)
+    threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ('img_size', 'epochs', 'batch_size'):
@@ -53,6 +55,8 @@ class DemoConfig:
             raise ValueError(f'lr must be > 0, got {self.lr!r}')
         if self.workers < 0:
             raise ValueError(f'workers must be >= 0, got {self.workers!r}')
+        if self.threads < 0:
+            raise ValueError(f'threads must be >= 0 (0: torch\'s choice), got {self.threads!r}')
 
 
 @dataclass
@@ -96,7 +100,7 @@ def create_digits_loaders(
     common = dict(
         input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
         interpolation=data_config['interpolation'], num_workers=cfg.workers, use_prefetcher=False,
-        device=torch.device('cpu'), persistent_workers=False,
+        device=torch.device('cpu'), persistent_workers=cfg.workers > 0,
     )
     train_set = create_dataset('', root=str(data_dir), split='train', is_training=True)
     val_set = create_dataset('', root=str(data_dir), split='validation', is_training=False)
@@ -208,8 +212,20 @@ def run_demo(
     loadable with ``timm.create_model('local-dir:OUT/model')``) and ``results.json``.
 
     ``out`` must not exist or be empty unless ``force``; everything is written to a temporary folder beside it and
-    renamed into place only when the run succeeded. Returns the run's numbers.
+    renamed into place only when the run succeeded. torch's thread count is set to ``cfg.threads`` for the run and
+    restored afterwards. Returns the run's numbers.
     """
+    cfg = cfg or DemoConfig()
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_demo(Path(out).expanduser(), cfg, force, progress, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(out: Path, cfg: DemoConfig, force: bool, progress: bool, log: Callable[[str], None]) -> DemoResult:
     import timm
     from timm.models import save_for_hf
     from timm.utils import random_seed, reparameterize_model
@@ -218,10 +234,6 @@ def run_demo(
     from .data import atomic_output_dir, write_digits_imagefolder
     from .models_info import count_params
 
-    cfg = cfg or DemoConfig()
-    out = Path(out).expanduser()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
     fmt = _memory_format(cfg.channels_last)
     with atomic_output_dir(out, force=force) as tmp:

@@ -217,7 +217,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument('--lr', type=float, default=d.lr, help=f'peak learning rate, SGD (default {d.lr})')
     p.add_argument('--seed', type=int, default=d.seed, help=f'seed of the split, init and order (default {d.seed})')
     p.add_argument('--workers', type=int, default=d.workers, help=f'data loader workers (default {d.workers})')
-    p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument('--threads', type=int, default=d.threads,
+                   help=f"torch CPU threads (default {d.threads}: robust on a shared CPU; 0: torch's choice)")
     p.add_argument('--no-progress', action='store_true', help='one line per epoch instead of progress bars')
     p.set_defaults(func=_cmd_demo)
 
