@@ -1,0 +1,267 @@
+"""CPU inference benchmark: GhostNet (eager, BN-fused deploy, deploy under torch.compile, ONNX Runtime on the exported
+deploy model) against timm's built-in ghostnet_100 with the same weights, and mobilenetv3_large_100 as a peer.
+
+Every row is timed on the same NCHW fp32 tensor a user would pass, in interleaved rounds (A, B, C, A, B, C, ...) after
+a warm-up, with ``torch.set_num_threads(--threads)`` (ONNX Runtime gets as many intra-op threads). The result is a
+JSON file and a PNG chart; ``benchmarks/report.py`` turns the JSON into the README's table.
+
+    python benchmarks/bench_inference.py                 # full run (about 3 minutes on 2 cores)
+    python benchmarks/bench_inference.py --short         # smoke run (seconds): every row, tiny sizes
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from benchlib import (
+    gpu_section,
+    interleaved_latencies,
+    machine_info,
+    now_iso,
+    parse_int_list,
+    percentile,
+    save_figure_atomic,
+    versions,
+    write_json_atomic,
+)
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+ROWS = {  # key: label, in table order
+    'builtin': "timm built-in ghostnet_100 (eval)",
+    'eager': 'timm-ghost ghostnet_100 (eval)',
+    'deploy': 'timm-ghost deploy (reparameterize_model)',
+    'deploy_compile': 'timm-ghost deploy + torch.compile',
+    'onnxruntime': 'ONNX Runtime, exported deploy model',
+    'mobilenetv3': 'timm mobilenetv3_large_100 (eval, peer)',
+}
+
+
+def _quiet_imports() -> None:
+    # the CUDA build warns at import when it finds no GPU; benchmarks print their own lines
+    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
+    warnings.filterwarnings('ignore', message='.*TorchScript.*')
+
+
+def build_rows(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) -> Dict[str, Dict[str, Any]]:
+    """``{key: {'fn': callable(x) -> logits, 'macs': MACs per image, ...}}`` for the requested rows."""
+    import timm
+    from timm.models import ghostnet as timm_ghostnet
+    from timm.utils import reparameterize_model
+
+    import timm_ghost  # noqa: F401  (registers our ghostnet_100)
+    from timm_ghost.models_info import count_macs
+
+    torch.manual_seed(0)
+    ours = timm.create_model(args.model).eval()
+    _randomize_(ours)
+    builtin = getattr(timm_ghostnet, args.model)().eval()
+    builtin.load_state_dict(ours.state_dict())  # the same weights, key for key
+    deploy = reparameterize_model(ours)
+    macs = count_macs(ours, args.img_size)  # the deploy model computes the same function (its BN had no MACs)
+
+    rows: Dict[str, Dict[str, Any]] = {
+        'builtin': {'fn': builtin, 'macs': macs},
+        'eager': {'fn': ours, 'macs': macs},
+        'deploy': {'fn': deploy, 'macs': macs},
+    }
+    if 'deploy_compile' in args.rows:
+        log(f'compiling the deploy model (torch.compile, backend={args.compile_backend}) ...')
+        compiled = torch.compile(copy.deepcopy(deploy), backend=args.compile_backend, dynamic=False)
+        rows['deploy_compile'] = {'fn': compiled, 'macs': macs, 'compile_backend': args.compile_backend}
+    if 'onnxruntime' in args.rows:
+        rows['onnxruntime'] = _onnxruntime_row(deploy, args, workdir, log) | {'macs': macs}
+    if 'mobilenetv3' in args.rows:
+        peer = timm.create_model('mobilenetv3_large_100').eval()
+        rows['mobilenetv3'] = {'fn': peer, 'macs': count_macs(peer, args.img_size)}
+    return {k: rows[k] for k in ROWS if k in rows and k in args.rows}
+
+
+@torch.no_grad()
+def _randomize_(model: torch.nn.Module) -> None:
+    """Random weights and BN statistics (as a trained network has), so that folding is not folding an identity."""
+    gen = torch.Generator().manual_seed(0)
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        if name.endswith('running_var'):
+            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+        elif name.endswith(('running_mean', 'bias')):
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+        elif t.ndim == 1:
+            t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.75)
+        else:
+            t.copy_(torch.randn(t.shape, generator=gen) * t[0].numel() ** -0.5)
+
+
+def _onnxruntime_row(deploy: torch.nn.Module, args: argparse.Namespace, workdir: Path,
+                     log: Callable[[str], None]) -> Dict[str, Any]:
+    import onnxruntime as ort
+
+    path = workdir / 'deploy.onnx'
+    log('exporting the deploy model to ONNX (dynamic batch) ...')
+    x = torch.randn(2, 3, args.img_size, args.img_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(deploy, (x,), str(path), input_names=['x'], output_names=['logits'],
+                          dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, dynamo=True, verbose=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle ORT threads would otherwise spin on the cores while torch's rows run (and slow them down many times over)
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {'x': x.numpy()})[0])
+
+    return {'fn': run, 'graph_optimization': 'ORT_ENABLE_ALL', 'intra_op_threads': args.threads,
+            'allow_spinning': False}
+
+
+def _bind(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[], Any]:
+    return lambda: fn(x)
+
+
+def measure(rows: Dict[str, Dict[str, Any]], args: argparse.Namespace, peak: float,
+            log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    """Time every row at every batch size; one result dict per (batch, row)."""
+    results = []
+    gen = torch.Generator().manual_seed(1)
+    for batch in args.batch_sizes:
+        x = torch.randn(batch, 3, args.img_size, args.img_size, generator=gen)
+        with torch.inference_mode():
+            outputs = {k: r['fn'](x) for k, r in rows.items()}  # also the first (compiling / packing) call
+            fns = {k: _bind(r['fn'], x) for k, r in rows.items()}
+            lat = interleaved_latencies(fns, rounds=args.rounds, round_s=args.round_s, warmup=args.warmup)
+        base = statistics.median(lat['builtin']) if 'builtin' in lat else None
+        for key, times in lat.items():
+            p50 = statistics.median(times)
+            gflops = 2 * rows[key]['macs'] * batch / p50 / 1e9
+            same_net = key != 'mobilenetv3' and 'builtin' in outputs
+            row = {
+                'batch': batch, 'key': key, 'label': ROWS[key],
+                'img_per_s': round(batch / p50, 2),
+                'p50_ms': round(p50 * 1e3, 3), 'p90_ms': round(percentile(times, 90) * 1e3, 3),
+                'calls': len(times),
+                'ratio_to_builtin': round(base / p50, 3) if base else None,
+                'macs_per_image': rows[key]['macs'],
+                'gflops': round(gflops, 2), 'peak_share': round(gflops / peak, 4) if peak else None,
+                'max_abs_diff_to_builtin': (
+                    float((outputs[key] - outputs['builtin']).abs().max()) if same_net else None),
+            }
+            results.append(row)
+            log(f'batch {batch:3d}  {ROWS[key]:44s} {row["img_per_s"]:9.1f} img/s  p50 {row["p50_ms"]:9.2f} ms  '
+                f'p90 {row["p90_ms"]:9.2f} ms  x{row["ratio_to_builtin"] or 0:.2f}')
+    return results
+
+
+def plot(data: Dict[str, Any], path: Path) -> None:
+    """Two panels: throughput per row and batch size, and the ratio to the built-in (goal lines 1.5x / 2.0x)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = data['results']
+    batches = data['settings']['batch_sizes']
+    keys = [k for k in ROWS if any(r['key'] == k for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / max(1, len(keys))
+    for i, key in enumerate(keys):
+        vals = {r['batch']: r for r in rows if r['key'] == key}
+        xs = [b + (i - (len(keys) - 1) / 2) * width for b in range(len(batches))]
+        axes[0].bar(xs, [vals[b]['img_per_s'] for b in batches], width, label=ROWS[key])
+        axes[1].bar(xs, [vals[b]['ratio_to_builtin'] or 0 for b in batches], width, label=ROWS[key])
+    for ax, title in zip(axes, ('throughput (img/s, higher is better)', 'speed vs timm built-in ghostnet_100')):
+        ax.set_xticks(range(len(batches)), [f'batch {b}' for b in batches])
+        ax.set_title(title)
+        ax.grid(axis='y', alpha=0.3)
+    axes[1].axhline(1.0, color='k', lw=0.8)
+    axes[1].axhline(1.5, color='tab:red', lw=0.8, ls='--')
+    axes[1].axhline(2.0, color='tab:red', lw=0.8, ls=':')
+    axes[0].legend(fontsize=8, loc='upper left')
+    m = data['machine']
+    fig.suptitle(f'CPU fp32 {data["settings"]["img_size"]} px, {m["threads"]} threads, {m["cpu_model"]} '
+                 f'({m["widest_simd"]}); torch {data["versions"]["torch"]}', fontsize=10)
+    save_figure_atomic(fig, path)
+    plt.close(fig)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--short', action='store_true',
+                   help='smoke run: batch 1 at 64 px, one short round per row, torch.compile with the eager backend')
+    p.add_argument('--batch-sizes', default='1,8,32', help='comma-separated (default 1,8,32)')
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--threads', type=int, default=2, help='torch and ONNX Runtime intra-op threads (default 2)')
+    p.add_argument('--rounds', type=int, default=7, help='interleaved rounds (default 7)')
+    p.add_argument('--round-s', type=float, default=0.3, help='seconds each row runs per round (default 0.3)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed calls per row before the rounds (default 3)')
+    p.add_argument('--rows', default=','.join(ROWS), help=f'which rows (default all: {",".join(ROWS)})')
+    p.add_argument('--compile-backend', default=None,
+                   help='torch.compile backend (default inductor; eager with --short, which checks the capture only)')
+    p.add_argument('--model', default='ghostnet_100', choices=['ghostnet_050', 'ghostnet_100', 'ghostnet_130'])
+    p.add_argument('--out', type=Path, default=RESULTS / 'inference.json', help='JSON result (a PNG beside it)')
+    args = p.parse_args(argv)
+    try:
+        args.batch_sizes = parse_int_list(args.batch_sizes, '--batch-sizes')
+    except ValueError as e:
+        p.error(str(e))
+    args.rows = [r.strip() for r in args.rows.split(',') if r.strip()]
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown or 'builtin' not in args.rows:
+        p.error(f'--rows: expected names from {",".join(ROWS)} including builtin, got {",".join(args.rows)!r}')
+    if args.threads < 1 or args.rounds < 1 or args.img_size < 32 or args.round_s <= 0:
+        p.error('--threads and --rounds must be >= 1, --img-size >= 32, --round-s > 0')
+    if args.short:
+        args.batch_sizes, args.img_size, args.rounds, args.round_s, args.warmup = [1], 64, 1, 0.01, 1
+    if args.compile_backend is None:
+        args.compile_backend = 'eager' if args.short else 'inductor'
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    _quiet_imports()
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    machine = machine_info(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = build_rows(args, Path(tmp), print)
+        results = measure(rows, args, machine['peak_gflops'], print)
+    data = {
+        'kind': 'inference', 'schema': 1, 'created': now_iso(), 'short': args.short,
+        'machine': machine, 'versions': versions(),
+        'settings': {
+            'model': args.model, 'img_size': args.img_size, 'batch_sizes': args.batch_sizes, 'dtype': 'float32',
+            'input': 'NCHW contiguous float32 tensor', 'threads': args.threads, 'rounds': args.rounds,
+            'round_s': args.round_s, 'warmup': args.warmup, 'grad_mode': 'torch.inference_mode()',
+            'compile': {'backend': args.compile_backend, 'dynamic': False},
+            'onnx': 'torch.onnx.export(dynamo=True), dynamic batch; onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL',
+            'statistic': 'median (p50) and 90th percentile of per-call wall time over interleaved rounds; '
+                         'ratio = built-in p50 / row p50; GFLOP/s = 2 x MACs x batch / p50',
+        },
+        'rows': {k: ROWS[k] for k in rows},
+        'results': results,
+        'gpu': gpu_section(),
+        'wall_s': round(time.time() - start, 1),
+    }
+    data['machine']['loadavg_at_end'] = [round(v, 2) for v in os.getloadavg()]  # other load skews the timings
+    write_json_atomic(args.out, data)
+    plot(data, args.out.with_suffix('.png'))
+    print(f'wrote {args.out} and {args.out.with_suffix(".png")} ({data["wall_s"]} s)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

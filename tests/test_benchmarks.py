@@ -1,0 +1,112 @@
+"""Smoke test of the benchmark scripts' short mode: they run, and write valid JSON, a PNG and the Markdown table.
+Nothing about speed is asserted (timings on a shared CI machine mean nothing)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+
+from timm_ghost.models_info import count_macs
+
+BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp('bench')
+    inf = _run('bench_inference.py', '--short', '--out', str(out / 'inference.json'))
+    assert inf.returncode == 0, inf.stderr[-3000:]
+    train = _run('bench_train.py', '--short', '--out', str(out / 'train.json'))
+    assert train.returncode == 0, train.stderr[-3000:]
+    return out
+
+
+def _check_png(path: Path) -> None:
+    import matplotlib.image
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    height, width = matplotlib.image.imread(str(path)).shape[:2]
+    assert height > 200 and width > 400
+
+
+def _check_common(data: dict, kind: str) -> None:
+    assert data['kind'] == kind and data['short'] is True
+    m = data['machine']
+    assert m['threads'] == 2 and m['physical_cores'] >= 1 and m['peak_gflops'] > 0
+    assert set(m['flags']) >= {'avx2', 'avx512f', 'amx_tile'}
+    assert {'torch', 'timm', 'onnxruntime', 'python'} <= set(data['versions'])
+    assert data['gpu']['results'] == [] and data['gpu']['note']
+
+
+def test_inference_short_run_writes_every_row(results):
+    data = json.loads((results / 'inference.json').read_text())
+    _check_common(data, 'inference')
+    assert data['settings']['batch_sizes'] == [1] and data['settings']['compile']['backend'] == 'eager'
+    rows = {r['key']: r for r in data['results']}
+    assert list(rows) == ['builtin', 'eager', 'deploy', 'deploy_compile', 'onnxruntime', 'mobilenetv3']
+    for r in rows.values():
+        assert r['batch'] == 1 and r['img_per_s'] > 0 and 0 < r['p50_ms'] <= r['p90_ms']
+        assert r['gflops'] > 0 and 0 < r['peak_share'] < 1 and r['ratio_to_builtin'] > 0
+    assert rows['builtin']['ratio_to_builtin'] == 1.0
+    macs = count_macs(timm.create_model('ghostnet_100'), 64)
+    assert rows['deploy']['macs_per_image'] == rows['builtin']['macs_per_image'] == macs
+    # every GhostNet row computes the built-in's function with the same weights
+    for key in ('eager', 'deploy', 'deploy_compile', 'onnxruntime'):
+        assert rows[key]['max_abs_diff_to_builtin'] <= 1e-4
+    assert rows['mobilenetv3']['max_abs_diff_to_builtin'] is None
+    _check_png(results / 'inference.png')
+
+
+def test_train_short_run_writes_speed_and_memory(results):
+    data = json.loads((results / 'train.json').read_text())
+    _check_common(data, 'train')
+    rows = {r['key']: r for r in data['results']}
+    assert list(rows) == ['builtin', 'ours']
+    for r in rows.values():
+        assert r['batch'] == 2 and r['img_per_s'] > 0 and r['step_p50_ms'] > 0
+        assert r['peak_mb'] > 0 and r['peak_rss_mb'] >= r['rss_before_mb']
+    assert rows['builtin']['speed_ratio_to_builtin'] == rows['builtin']['memory_ratio_to_builtin'] == 1.0
+    _check_png(results / 'train.png')
+
+
+def test_report_renders_both_tables_and_rewrites_between_markers(results, tmp_path):
+    args = ('--inference', str(results / 'inference.json'), '--train', str(results / 'train.json'))
+    res = _run('report.py', *args)
+    assert res.returncode == 0, res.stderr
+    table = res.stdout
+    assert table.count('\n| 1 | ') == 6 and table.count('\n| 2 | ') == 2
+    assert 'short smoke run' in table and '| batch | model | img/s | p50 ms | p90 ms | vs built-in |' in table
+    doc = tmp_path / 'README.md'
+    doc.write_text('# t\n<!-- benchmark-tables:start -->\nold\n<!-- benchmark-tables:end -->\nafter\n')
+    assert _run('report.py', *args, '--write', str(doc)).returncode == 0
+    text = doc.read_text()
+    assert 'old' not in text and text.startswith('# t\n') and text.endswith('<!-- benchmark-tables:end -->\nafter\n')
+    assert table in text
+
+
+def test_report_errors_name_the_file(tmp_path):
+    missing = tmp_path / 'nope.json'
+    res = _run('report.py', '--inference', str(missing), '--train', str(missing))
+    assert res.returncode == 1 and f'{missing}: no such benchmark result' in res.stderr
+    wrong = tmp_path / 'wrong.json'
+    wrong.write_text('{"kind": "train", "results": []}')
+    res = _run('report.py', '--inference', str(wrong), '--train', str(wrong))
+    assert res.returncode == 1 and f'{wrong}: expected the JSON of bench_inference.py' in res.stderr
+
+
+def test_bad_arguments_are_refused_with_the_parameter_named():
+    res = _run('bench_inference.py', '--batch-sizes', '1,x')
+    assert res.returncode == 2 and '--batch-sizes: expected comma-separated positive integers' in res.stderr
+    res = _run('bench_inference.py', '--rows', 'deploy')
+    assert res.returncode == 2 and '--rows' in res.stderr
+    res = _run('bench_train.py', '--batch-sizes', '0')
+    assert res.returncode == 2 and '--batch-sizes' in res.stderr
