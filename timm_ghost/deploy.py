@@ -30,6 +30,9 @@ _MKLDNN = torch.backends.mkldnn.is_available()
 # The eager CPU path runs a block on slices of the batch whose widest intermediate map stays under this size: the
 # slice's intermediates stay in cache from one conv to the next instead of streaming through memory.
 CHUNK_BYTES = 4 << 20
+# 1x1 convs on at most this many pixels (N x H x W) and at least this many input channels run as a GEMM
+LINEAR_MAX_PIXELS = 4096
+LINEAR_MIN_CHANNELS = 32
 
 
 @torch.no_grad()
@@ -142,14 +145,15 @@ class _PackedWeights:
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__init__()
 
-    def get(self, convs: Dict[str, nn.Conv2d]) -> Dict[str, torch.Tensor]:
-        """``{name: packed weight}`` for ``convs`` (``{name: depthwise conv}``), packing them if any changed."""
-        key = tuple((c.weight.data_ptr(), c.weight._version) for c in convs.values())
+    def get(self, module: nn.Module, names: Tuple[str, ...]) -> Dict[str, torch.Tensor]:
+        """``{name: packed weight}`` for the depthwise convs ``module.<name>``, packing them if any changed."""
+        convs = [module._modules[name] for name in names]
+        key = tuple((c.weight.data_ptr(), c.weight._version) for c in convs)
         if key != self.key:
             self.weights = {
                 name: torch.ops.mkldnn._reorder_convolution_weight(
                     c.weight.detach(), c.padding, c.stride, c.dilation, c.groups, None)
-                for name, c in convs.items()
+                for name, c in zip(names, convs)
             }
             self.key = key
         return self.weights
@@ -163,7 +167,11 @@ def _dw_fast(x: torch.Tensor, conv: nn.Conv2d, packed: torch.Tensor, attr: str) 
 
 
 def _pw_fast(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """1x1 conv (``F.conv2d``: torch picks oneDNN or a GEMM by size, cheaper than a fused oneDNN call at batch 1)."""
+    """1x1 conv of an NHWC map. Small maps with enough input channels go to a GEMM on the ``(N, H, W, C)`` view
+    (``F.linear``; the result is channels_last again): at batch 1, oneDNN's conv costs up to twice that."""
+    n, c, h, w = x.shape
+    if c >= LINEAR_MIN_CHANNELS and n * h * w <= LINEAR_MAX_PIXELS:
+        return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
     return F.conv2d(x, conv.weight, conv.bias)
 
 
@@ -184,7 +192,11 @@ class ConvActDeploy(nn.Module):
         self.conv = _channels_last_(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(x), inplace=True)
+        if torch.jit.is_scripting():
+            return F.relu(self.conv(x))
+        if fast_path_enabled(x):
+            return _pw_fast(x.contiguous(memory_format=_CL), self.conv).relu_()
+        return F.relu(self.conv(x))
 
 
 class GhostBottleneckDeploy(nn.Module):
@@ -225,6 +237,8 @@ class GhostBottleneckDeploy(nn.Module):
         self.split1 = primary1.out_channels
         self.split2 = primary2_a.out_channels
         self._packed = _PackedWeights()
+        self._dw_names = tuple(name for name in ('cheap1', 'cheap2', 'dw_primary', 'dw_cheap', 'shortcut_dw')
+                               if getattr(self, name) is not None)
 
     @classmethod
     @torch.no_grad()
@@ -285,27 +299,32 @@ class GhostBottleneckDeploy(nn.Module):
 
     @torch.jit.unused
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The eager CPU path: NHWC throughout, packed depthwise weights with the ReLU fused, in-place activations
+        and SE scaling. Large batches run the Ghost modules slice by slice (see ``CHUNK_BYTES``), each slice adding
+        its result into the block output in place."""
         x = x.contiguous(memory_format=_CL)
-        packed = self._packed.get(self._dw_convs())
+        packed = self._packed.get(self, self._dw_names)
         n, _, h, w = x.shape
         chunk = max(1, CHUNK_BYTES // (self.split1 * h * w * x.element_size()))
-        if n <= chunk:
-            return self._forward_fast_chunk(x, packed)
-        return torch.cat([self._forward_fast_chunk(part, packed) for part in x.split(chunk)], dim=0)
+        if self.shortcut_dw is not None and self.shortcut_pw is not None:
+            y = _pw_fast(_dw_fast(x, self.shortcut_dw, packed['shortcut_dw'], 'none'), self.shortcut_pw)
+            for i in range(0, n, chunk):
+                c, d = self._ghosts_fast(x[i:i + chunk], packed)
+                y[i:i + chunk, :self.split2] += c
+                y[i:i + chunk, self.split2:] += d
+            return y
+        y = torch.empty_like(x)
+        for i in range(0, n, chunk):
+            xi = x[i:i + chunk]
+            c, d = self._ghosts_fast(xi, packed)
+            torch.add(xi[:, :self.split2], c, out=y[i:i + chunk, :self.split2])
+            torch.add(xi[:, self.split2:], d, out=y[i:i + chunk, self.split2:])
+        return y
 
     @torch.jit.unused
-    def _dw_convs(self) -> Dict[str, nn.Conv2d]:
-        convs = {'cheap1': self.cheap1, 'cheap2': self.cheap2}
-        if self.dw_primary is not None and self.dw_cheap is not None:
-            convs.update(dw_primary=self.dw_primary, dw_cheap=self.dw_cheap)
-        if self.shortcut_dw is not None:
-            convs['shortcut_dw'] = self.shortcut_dw
-        return convs
-
-    @torch.jit.unused
-    def _forward_fast_chunk(self, x: torch.Tensor, packed: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The eager CPU path on one slice of the batch: NHWC throughout, packed depthwise weights with the ReLU fused,
-        in-place activations and SE scaling, no concatenation of the expanded maps."""
+    def _ghosts_fast(self, x: torch.Tensor, packed: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Both Ghost modules (and the depthwise conv and SE between them) on ``x``: the halves ``(c, d)`` of the
+        second module's output, before the shortcut is added."""
         a = _pw_fast(x, self.primary1).relu_()
         b = _dw_fast(a, self.cheap1, packed['cheap1'], 'relu')
         if self.dw_primary is not None:
@@ -318,13 +337,7 @@ class GhostBottleneckDeploy(nn.Module):
             a = a.mul_(s[:, :self.split1, None, None])
             b = b.mul_(s[:, self.split1:, None, None])
         c = _pw_fast(a, self.primary2_a).add_(_pw_fast(b, self.primary2_b))
-        d = _dw_fast(c, self.cheap2, packed['cheap2'], 'none')
-        if self.shortcut_dw is not None and self.shortcut_pw is not None:
-            y = _pw_fast(_dw_fast(x, self.shortcut_dw, packed['shortcut_dw'], 'none'), self.shortcut_pw)
-            y[:, :self.split2].add_(c)
-            y[:, self.split2:].add_(d)
-            return y
-        return torch.cat([c, d], dim=1).add_(x)
+        return c, _dw_fast(c, self.cheap2, packed['cheap2'], 'none')
 
 
 def _is_even_ghost(module: nn.Module, act_type: type) -> bool:
