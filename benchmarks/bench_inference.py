@@ -76,7 +76,7 @@ def build_rows(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
     }
     if 'deploy_compile' in args.rows:
         log(f'compiling the deploy model (torch.compile, backend={args.compile_backend}) ...')
-        compiled = torch.compile(copy.deepcopy(deploy), backend=args.compile_backend, dynamic=False)
+        compiled = torch.compile(copy.deepcopy(deploy), backend=args.compile_backend, fullgraph=True, dynamic=False)
         rows['deploy_compile'] = {'fn': compiled, 'macs': macs, 'compile_backend': args.compile_backend}
     if 'onnxruntime' in args.rows:
         rows['onnxruntime'] = _onnxruntime_row(deploy, args, workdir, log) | {'macs': macs}
@@ -246,7 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             'model': args.model, 'img_size': args.img_size, 'batch_sizes': args.batch_sizes, 'dtype': 'float32',
             'input': 'NCHW contiguous float32 tensor', 'threads': args.threads, 'rounds': args.rounds,
             'round_s': args.round_s, 'warmup': args.warmup, 'grad_mode': 'torch.inference_mode()',
-            'compile': {'backend': args.compile_backend, 'dynamic': False},
+            'compile': {'backend': args.compile_backend, 'fullgraph': True, 'dynamic': False},
             'onnx': 'torch.onnx.export(dynamo=True), dynamic batch; onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL',
             'statistic': 'median (p50) and 90th percentile of per-call wall time over interleaved rounds; '
                          'ratio = built-in p50 / row p50; GFLOP/s = 2 x MACs x batch / p50',

@@ -15,7 +15,14 @@ import torch.nn as nn
 from timm.layers import DropPath, create_conv2d, make_divisible
 from timm.models._efficientnet_blocks import SqueezeExcite
 
-from .deploy import ConvActDeploy, GhostBottleneckDeploy, ToChannelsLast, fold_conv_bn, fold_sequential_conv_bn
+from .deploy import (
+    ConvActDeploy,
+    GhostBottleneckDeploy,
+    ToChannelsLast,
+    fold_conv_bn,
+    fold_sequential_conv_bn,
+    to_channels_last_,
+)
 
 __all__ = ['GhostModule', 'GhostBottleneck', 'ConvBnAct', 'StemNorm']
 
@@ -206,9 +213,10 @@ class StemNorm(nn.BatchNorm2d):
 
     @torch.jit.ignore
     def fuse(self) -> nn.Module:
-        """Fold into the stem conv in place (it gains a bias) and return what replaces this norm: the switch to
-        channels_last memory format (:class:`~timm_ghost.deploy.ToChannelsLast`) the deploy blocks compute in."""
+        """Fold into the stem conv in place (it gains a bias, its weight goes channels_last) and return what replaces
+        this norm: :class:`~timm_ghost.deploy.ToChannelsLast`, the copy in the layout the deploy blocks compute in."""
         conv: nn.Conv2d = self.__dict__['_folds_into']
         fused = fold_conv_bn(conv, self)
         conv.weight, conv.bias = fused.weight, fused.bias
+        to_channels_last_(conv)
         return ToChannelsLast()

@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = [
     'fold_conv_bn', 'fold_sequential_conv_bn', 'split_conv_out', 'split_conv_in',
-    'GhostBottleneckDeploy', 'ConvActDeploy', 'ToChannelsLast', 'fast_path_enabled',
+    'to_channels_last_', 'GhostBottleneckDeploy', 'ConvActDeploy', 'ToChannelsLast', 'fast_path_enabled',
 ]
 
 _CL = torch.channels_last
@@ -61,8 +61,9 @@ def fold_sequential_conv_bn(seq: nn.Sequential) -> None:
             seq[i + 1] = nn.Identity()
 
 
-def _channels_last_(conv: nn.Conv2d) -> nn.Conv2d:
-    """Store ``conv``'s weight in channels_last order (the order oneDNN computes NHWC activations with)."""
+def to_channels_last_(conv: nn.Conv2d) -> nn.Conv2d:
+    """Store ``conv``'s weight in channels_last order, in place: the conv then returns channels_last maps whatever
+    the input's layout, and oneDNN computes NHWC without reordering the weight. Returns ``conv``."""
     conv.weight = nn.Parameter(conv.weight.detach().contiguous(memory_format=_CL), conv.weight.requires_grad)
     if conv.bias is not None:
         conv.bias = nn.Parameter(conv.bias.detach().contiguous(), conv.bias.requires_grad)
@@ -76,7 +77,7 @@ def _new_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor
     out.weight = nn.Parameter(weight.detach().clone(), weight.requires_grad)
     if bias is not None:
         out.bias = nn.Parameter(bias.detach().clone(), bias.requires_grad)
-    return _channels_last_(out)
+    return to_channels_last_(out)
 
 
 def split_conv_out(conv: nn.Conv2d, start: int, end: int) -> nn.Conv2d:
@@ -176,9 +177,10 @@ def _pw_fast(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 class ToChannelsLast(nn.Module):
-    """Takes the stem BatchNorm's place in the deploy model: a copy of the (normalised) stem output in channels_last
-    memory format, which every later layer then keeps. Always a new tensor, so that the stem feature map handed out
-    by ``features_only`` models / ``forward_intermediates`` is not overwritten by the in-place ReLU after it."""
+    """Takes the stem BatchNorm's place in the deploy model: a channels_last copy of the stem conv's output (BN folded
+    in, before the ReLU). A copy, because ``features_only`` models and ``forward_intermediates`` hand that map out as
+    feature 0 while the network's in-place ReLU acts next; channels_last, the layout every deploy block computes in.
+    ``(N, C, H, W)`` in and out."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.clone(memory_format=torch.channels_last)
@@ -189,7 +191,7 @@ class ConvActDeploy(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        self.conv = _channels_last_(conv)
+        self.conv = to_channels_last_(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -223,17 +225,17 @@ class GhostBottleneckDeploy(nn.Module):
             shortcut_pw: Optional[nn.Conv2d],
     ) -> None:
         super().__init__()
-        self.primary1 = _channels_last_(primary1)
-        self.cheap1 = _channels_last_(cheap1)
-        self.dw_primary = _channels_last_(dw_primary) if dw_primary is not None else None
-        self.dw_cheap = _channels_last_(dw_cheap) if dw_cheap is not None else None
+        self.primary1 = to_channels_last_(primary1)
+        self.cheap1 = to_channels_last_(cheap1)
+        self.dw_primary = to_channels_last_(dw_primary) if dw_primary is not None else None
+        self.dw_cheap = to_channels_last_(dw_cheap) if dw_cheap is not None else None
         self.se_reduce = se_reduce
         self.se_expand = se_expand
-        self.primary2_a = _channels_last_(primary2_a)
-        self.primary2_b = _channels_last_(primary2_b)
-        self.cheap2 = _channels_last_(cheap2)
-        self.shortcut_dw = _channels_last_(shortcut_dw) if shortcut_dw is not None else None
-        self.shortcut_pw = _channels_last_(shortcut_pw) if shortcut_pw is not None else None
+        self.primary2_a = to_channels_last_(primary2_a)
+        self.primary2_b = to_channels_last_(primary2_b)
+        self.cheap2 = to_channels_last_(cheap2)
+        self.shortcut_dw = to_channels_last_(shortcut_dw) if shortcut_dw is not None else None
+        self.shortcut_pw = to_channels_last_(shortcut_pw) if shortcut_pw is not None else None
         self.split1 = primary1.out_channels
         self.split2 = primary2_a.out_channels
         self._packed = _PackedWeights()
