@@ -39,6 +39,8 @@ RESULTS = Path(__file__).resolve().parent / 'results'
 ROWS = {  # key: label, in table order
     'builtin': "timm built-in ghostnet_100 (eval)",
     'eager': 'timm-ghost ghostnet_100 (eval)',
+    'fold': 'ablation: BN folded only (NCHW)',
+    'fold_cl': 'ablation: BN folded + channels_last',
     'deploy': 'timm-ghost deploy (reparameterize_model)',
     'deploy_compile': 'timm-ghost deploy + torch.compile',
     'onnxruntime': 'ONNX Runtime, exported deploy model',
@@ -72,6 +74,8 @@ def build_rows(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
     rows: Dict[str, Dict[str, Any]] = {
         'builtin': {'fn': builtin, 'macs': macs},
         'eager': {'fn': ours, 'macs': macs},
+        'fold': {'fn': fold_only(ours), 'macs': macs},
+        'fold_cl': {'fn': fold_only(ours).to(memory_format=torch.channels_last), 'macs': macs},
         'deploy': {'fn': deploy, 'macs': macs},
     }
     if 'deploy_compile' in args.rows:
@@ -84,6 +88,23 @@ def build_rows(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
         peer = timm.create_model('mobilenetv3_large_100').eval()
         rows['mobilenetv3'] = {'fn': peer, 'macs': count_macs(peer, args.img_size)}
     return {k: rows[k] for k in ROWS if k in rows and k in args.rows}
+
+
+def fold_only(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every BatchNorm folded by the blocks' in-place ``reparameterize()`` hooks and nothing
+    else changed (same modules, NCHW, standard forward): what plain folding alone buys, for the ablation rows."""
+    from timm_ghost.blocks import ConvBnAct, GhostBottleneck, GhostModule
+    from timm_ghost.deploy import fold_conv_bn
+
+    folded = copy.deepcopy(model)
+    for module in list(folded.modules()):
+        if isinstance(module, (GhostModule, GhostBottleneck, ConvBnAct)):
+            module.reparameterize()
+    stem = fold_conv_bn(folded.conv_stem, folded.bn1)
+    folded.conv_stem.weight, folded.conv_stem.bias = stem.weight, stem.bias
+    folded.bn1 = torch.nn.Identity()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    return folded
 
 
 @torch.no_grad()
