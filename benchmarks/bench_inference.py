@@ -14,6 +14,7 @@ import argparse
 import copy
 import logging
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -150,6 +151,17 @@ def _onnxruntime_row(deploy: torch.nn.Module, args: argparse.Namespace, workdir:
             'allow_spinning': False}
 
 
+def fault_mb_per_call(fn: Callable[[], Any], calls: int = 2) -> float:
+    """MB of memory the process faulted in per call of ``fn`` (minor page faults x page size), after one warm call:
+    fresh pages the allocator had to map, a cost that grows with the batch on top of the arithmetic."""
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return round(faults * resource.getpagesize() / calls / 2**20, 1)
+
+
 def _bind(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[], Any]:
     return lambda: fn(x)
 
@@ -165,6 +177,7 @@ def measure(rows: Dict[str, Dict[str, Any]], args: argparse.Namespace, peak: flo
             outputs = {k: r['fn'](x) for k, r in rows.items()}  # also the first (compiling / packing) call
             fns = {k: _bind(r['fn'], x) for k, r in rows.items()}
             lat = interleaved_latencies(fns, rounds=args.rounds, round_s=args.round_s, warmup=args.warmup)
+            faults = {k: fault_mb_per_call(fn) for k, fn in fns.items()}
         base = statistics.median(lat['builtin']) if 'builtin' in lat else None
         for key, times in lat.items():
             p50 = statistics.median(times)
@@ -175,6 +188,7 @@ def measure(rows: Dict[str, Dict[str, Any]], args: argparse.Namespace, peak: flo
                 'img_per_s': round(batch / p50, 2),
                 'p50_ms': round(p50 * 1e3, 3), 'p90_ms': round(percentile(times, 90) * 1e3, 3),
                 'calls': len(times),
+                'page_fault_mb_per_call': faults[key],
                 'ratio_to_builtin': round(base / p50, 3) if base else None,
                 'macs_per_image': rows[key]['macs'],
                 'gflops': round(gflops, 2), 'peak_share': round(gflops / peak, 4) if peak else None,

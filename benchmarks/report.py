@@ -49,14 +49,15 @@ def inference_table(data: Dict[str, Any]) -> str:
     lines = [
         f'CPU inference: {_machine_line(data)}. Peak estimate {peak:g} GFLOP/s ({data["machine"]["peak_method"]}).',
         '',
-        '| batch | model | img/s | p50 ms | p90 ms | vs built-in | GFLOP/s | % of peak |',
-        '|---:|---|---:|---:|---:|---:|---:|---:|',
+        '| batch | model | img/s | p50 ms | p90 ms | vs built-in | GFLOP/s | % of peak | MB faulted in / call |',
+        '|---:|---|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for r in data['results']:
         ratio = f'{r["ratio_to_builtin"]:.2f}x' if r.get('ratio_to_builtin') else '-'
         share = f'{100 * r["peak_share"]:.1f}' if r.get('peak_share') is not None else '-'
+        faults = r.get('page_fault_mb_per_call')
         lines.append(f'| {r["batch"]} | {r["label"]} | {r["img_per_s"]:.1f} | {r["p50_ms"]:.2f} | {r["p90_ms"]:.2f} '
-                     f'| {ratio} | {r["gflops"]:.1f} | {share} |')
+                     f'| {ratio} | {r["gflops"]:.1f} | {share} | {"-" if faults is None else f"{faults:g}"} |')
     return '\n'.join(lines)
 
 

@@ -58,6 +58,7 @@ def test_inference_short_run_writes_every_row(results):
     for r in rows.values():
         assert r['batch'] == 1 and r['img_per_s'] > 0 and 0 < r['p50_ms'] <= r['p90_ms']
         assert r['gflops'] > 0 and 0 < r['peak_share'] < 1 and r['ratio_to_builtin'] > 0
+        assert r['page_fault_mb_per_call'] >= 0
     assert rows['builtin']['ratio_to_builtin'] == 1.0
     macs = count_macs(timm.create_model('ghostnet_100'), 64)
     assert rows['deploy']['macs_per_image'] == rows['builtin']['macs_per_image'] == macs
