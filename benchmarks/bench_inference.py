@@ -222,9 +222,12 @@ def plot(data: Dict[str, Any], path: Path) -> None:
         ax.set_title(title)
         ax.grid(axis='y', alpha=0.3)
     axes[1].axhline(1.0, color='k', lw=0.8)
-    axes[1].axhline(1.5, color='tab:red', lw=0.8, ls='--')
-    axes[1].axhline(2.0, color='tab:red', lw=0.8, ls=':')
-    axes[0].legend(fontsize=8, loc='upper left')
+    axes[1].axhline(1.5, color='tab:red', lw=0.8, ls='--', label='goal at batch 1 (1.5x)')
+    axes[1].axhline(2.0, color='tab:red', lw=0.8, ls=':', label='goal at batch 32 (2.0x)')
+    handles, labels = axes[0].get_legend_handles_labels()
+    goals = [(h, label) for h, label in zip(*axes[1].get_legend_handles_labels()) if label.startswith('goal')]
+    fig.legend(handles + [h for h, _ in goals], labels + [label for _, label in goals], loc='lower center', ncol=4,
+               fontsize=8, bbox_to_anchor=(0.5, -0.12))
     m = data['machine']
     fig.suptitle(f'CPU fp32 {data["settings"]["img_size"]} px, {m["threads"]} threads, {m["cpu_model"]} '
                  f'({m["widest_simd"]}); torch {data["versions"]["torch"]}', fontsize=10)

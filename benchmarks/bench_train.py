@@ -142,7 +142,8 @@ def plot(data: Dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(batches)), [f'batch {b}' for b in batches])
         ax.set_title(title)
         ax.grid(axis='y', alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=2, fontsize=8, bbox_to_anchor=(0.5, -0.08))
     m = data['machine']
     fig.suptitle(f'CPU fp32 {data["settings"]["img_size"]} px, {m["threads"]} threads, {m["cpu_model"]}; '
                  f'torch {data["versions"]["torch"]}', fontsize=10)
