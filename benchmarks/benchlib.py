@@ -140,6 +140,13 @@ def percentile(values: Sequence[float], q: int) -> float:
     return float(statistics.quantiles(values, n=100, method='inclusive')[q - 1])
 
 
+def _default_mode(tmp: str) -> None:
+    """Give a mkstemp file (created 0600) the mode an ordinary new file gets under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file in the same folder (no half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +155,7 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
         with os.fdopen(fd, 'w') as f:
             json.dump(data, f, indent=2)
             f.write('\n')
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -161,6 +169,7 @@ def save_figure_atomic(fig: Any, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches='tight')
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

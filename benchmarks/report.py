@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -95,9 +96,14 @@ def write_between_markers(path: Path, text: str) -> None:
     head, rest = doc.split(START)
     _, tail = rest.split(END)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(f'{head}{START}\n{text}{END}{tail}')
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(f'{head}{START}\n{text}{END}{tail}')
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -90,11 +90,13 @@ def test_report_renders_both_tables_and_rewrites_between_markers(results, tmp_pa
     assert 'short smoke run' in table and '| batch | model | img/s | p50 ms | p90 ms | vs built-in |' in table
     doc = tmp_path / 'README.md'
     doc.write_text('# t\n<!-- benchmark-tables:start -->\nstale table\n<!-- benchmark-tables:end -->\nafter\n')
+    doc.chmod(0o644)
     assert _run('report.py', *args, '--write', str(doc)).returncode == 0
     text = doc.read_text()
     assert 'stale table' not in text and text.startswith('# t\n')
     assert text.endswith('<!-- benchmark-tables:end -->\nafter\n')
     assert table in text
+    assert doc.stat().st_mode & 0o777 == 0o644  # the file keeps its mode
 
 
 def test_report_errors_name_the_file(tmp_path):
