@@ -199,6 +199,17 @@ def test_blocks_outside_ghostnets_structure_fold_in_place():
         assert _max_diff(fused(x), ref) <= TOL
 
 
+def test_fx_feature_extraction_traces_the_portable_path(pair050):
+    from timm.models import create_feature_extractor
+    model, fused = pair050
+    with torch.no_grad():  # fx proxies must not reach the eager fast path's checks
+        extractor = create_feature_extractor(fused, return_nodes={'blocks.5': 'stride16'})
+        out = extractor(X96)['stride16']
+        ref = model.forward_intermediates(X96, indices=[3], intermediates_only=True)[0]
+    assert out.shape == ref.shape == (3, 40, 6, 6)
+    assert _max_diff(out, ref) <= TOL
+
+
 def test_torchscript(pair050):
     model, fused = pair050
     scripted = torch.jit.script(fused)

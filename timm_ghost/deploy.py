@@ -119,7 +119,8 @@ def fast_path_enabled(x: torch.Tensor) -> bool:
     """Whether the eager oneDNN path may run on ``x``: an fp32 CPU tensor, autograd off, and no compiler, tracer or
     exporter watching (they get the portable path of standard ops, which they optimise themselves)."""
     return (
-        not torch.compiler.is_compiling()
+        isinstance(x, torch.Tensor)  # not an fx Proxy
+        and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
         and _MKLDNN
