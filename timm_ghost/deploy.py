@@ -3,7 +3,8 @@
 ``timm.utils.reparameterize_model(model)`` walks the network and calls the ``fuse()`` / ``reparameterize()`` hooks of
 :mod:`timm_ghost.blocks`, which land here:
 
-* the stem BatchNorm folds into ``conv_stem``; its place is taken by the switch to channels_last memory format;
+* the stem BatchNorm folds into ``conv_stem``; its place is taken by a channels_last copy of the stem map
+  (:class:`ToChannelsLast`);
 * every :class:`~timm_ghost.blocks.GhostBottleneck` becomes a :class:`GhostBottleneckDeploy`;
 * the final 1x1 conv block becomes a :class:`ConvActDeploy`.
 
@@ -252,6 +253,9 @@ class GhostBottleneckDeploy(nn.Module):
         g1, g2 = block.ghost1, block.ghost2
         if not (_is_even_ghost(g1, nn.ReLU) and _is_even_ghost(g2, nn.Identity)):
             return None
+        convs = [block.conv_dw, *block.shortcut[0::2]] if len(block.shortcut) else [block.conv_dw]
+        if not all(conv is None or _is_plain_conv(conv) for conv in convs):
+            return None
         se = block.se
         if se is not None and not (type(se.act1) is nn.ReLU and type(se.gate) is nn.Hardsigmoid):
             return None
@@ -343,12 +347,17 @@ class GhostBottleneckDeploy(nn.Module):
         return c, _dw_fast(c, self.cheap2, packed['cheap2'], 'none')
 
 
+def _is_plain_conv(module: nn.Module) -> bool:
+    """An ``nn.Conv2d`` itself (not a subclass such as timm's dynamically padded ``Conv2dSame``) with static padding."""
+    return type(module) is nn.Conv2d and isinstance(module.padding, tuple) and module.padding_mode == 'zeros'
+
+
 def _is_even_ghost(module: nn.Module, act_type: type) -> bool:
     """A Ghost module whose primary and cheap halves have equal widths and whose activation is ``act_type``."""
     primary, cheap = module.primary_conv, module.cheap_operation
     return (
-        isinstance(primary[0], nn.Conv2d) and isinstance(primary[1], nn.BatchNorm2d)
-        and isinstance(cheap[0], nn.Conv2d) and isinstance(cheap[1], nn.BatchNorm2d)
+        _is_plain_conv(primary[0]) and isinstance(primary[1], nn.BatchNorm2d)
+        and _is_plain_conv(cheap[0]) and isinstance(cheap[1], nn.BatchNorm2d)
         and type(primary[2]) is act_type and type(cheap[2]) is act_type
         and primary[0].out_channels == cheap[0].out_channels and module.out_chs == 2 * primary[0].out_channels
         and cheap[0].groups == cheap[0].in_channels
