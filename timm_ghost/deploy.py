@@ -27,7 +27,9 @@ __all__ = [
 ]
 
 _CL = torch.channels_last
-_MKLDNN = torch.backends.mkldnn.is_available()
+# the oneDNN ops torch's inductor uses for packed-weight convs; without them the portable path runs everywhere
+_MKLDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+           and hasattr(torch.ops.mkldnn, '_reorder_convolution_weight'))
 # The eager CPU path runs a block on slices of the batch whose widest intermediate map stays under this size: the
 # slice's intermediates stay in cache from one conv to the next instead of streaming through memory.
 CHUNK_BYTES = 4 << 20
