@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
 import resource
 import statistics
 import sys
@@ -25,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from benchlib import (
+    finish,
     gpu_section,
     interleaved_latencies,
     machine_info,
@@ -33,7 +33,6 @@ from benchlib import (
     percentile,
     save_figure_atomic,
     versions,
-    write_json_atomic,
 )
 
 RESULTS = Path(__file__).resolve().parent / 'results'
@@ -292,13 +291,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         'rows': {k: ROWS[k] for k in rows},
         'results': results,
         'gpu': gpu_section(),
-        'wall_s': round(time.time() - start, 1),
     }
-    data['machine']['loadavg_at_end'] = [round(v, 2) for v in os.getloadavg()]  # other load skews the timings
-    write_json_atomic(args.out, data)
-    plot(data, args.out.with_suffix('.png'))
-    print(f'wrote {args.out} and {args.out.with_suffix(".png")} ({data["wall_s"]} s)')
-    return 0
+    return finish(data, args.out, start, plot)
 
 
 if __name__ == '__main__':

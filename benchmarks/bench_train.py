@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from benchlib import (
+    finish,
     gpu_section,
     interleaved_latencies,
     machine_info,
@@ -35,7 +35,6 @@ from benchlib import (
     percentile,
     save_figure_atomic,
     versions,
-    write_json_atomic,
 )
 
 RESULTS = Path(__file__).resolve().parent / 'results'
@@ -202,13 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         'rows': ROWS,
         'results': results,
         'gpu': gpu_section(),
-        'wall_s': round(time.time() - start, 1),
     }
-    data['machine']['loadavg_at_end'] = [round(v, 2) for v in os.getloadavg()]  # other load skews the timings
-    write_json_atomic(args.out, data)
-    plot(data, args.out.with_suffix('.png'))
-    print(f'wrote {args.out} and {args.out.with_suffix(".png")} ({data["wall_s"]} s)')
-    return 0
+    return finish(data, args.out, start, plot)
 
 
 if __name__ == '__main__':

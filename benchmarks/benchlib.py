@@ -176,6 +176,16 @@ def save_figure_atomic(fig: Any, path: Path) -> None:
         raise
 
 
+def finish(data: Dict[str, Any], out: Path, start: float, plot: Callable[[Dict[str, Any], Path], None]) -> int:
+    """Stamp ``data`` with the wall time and the closing load average, write ``out`` (JSON) and its PNG chart."""
+    data['wall_s'] = round(time.time() - start, 1)
+    data['machine']['loadavg_at_end'] = [round(v, 2) for v in os.getloadavg()]  # other load skews the timings
+    write_json_atomic(out, data)
+    plot(data, out.with_suffix('.png'))
+    print(f'wrote {out} and {out.with_suffix(".png")} ({data["wall_s"]} s)')
+    return 0
+
+
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 

@@ -20,15 +20,6 @@ STEPS = 3
 TIMEOUT_S = 240
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread per test: on a small shared CPU a second OpenMP thread spins and can slow a step 10-50x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _worker(out: Path) -> None:
     """One rank: train a few steps on its own data shard under DDP, then save its weights and losses."""
     import timm

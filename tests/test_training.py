@@ -23,15 +23,6 @@ NAME = 'ghostnet_050'
 IMG = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread per test: on a small shared CPU a second OpenMP thread spins and can slow a step 10-50x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _batches(n: int, batch_size: int = 8, num_classes: int = 10, seed: int = 0, img_size: int = IMG):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch_size, 3, img_size, img_size, generator=gen),

@@ -21,15 +21,6 @@ from timm_ghost.workflows import predict_topk, recipe_command, recipe_path
 sklearn_datasets = pytest.importorskip('sklearn.datasets', reason='the digits data set ships with scikit-learn')
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread per test: on a small shared CPU a second OpenMP thread spins and can slow a step 10-50x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _files(root: Path) -> list:
     return sorted(str(p.relative_to(root)) for p in root.rglob('*.png'))
 
