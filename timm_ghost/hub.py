@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models import get_pretrained_cfg, list_pretrained, resolve_pretrained_cfg
+from timm.models import list_pretrained, resolve_pretrained_cfg
 from timm.models._builder import _resolve_pretrained_source
 from timm.models._pretrained import PretrainedCfg
 
@@ -234,23 +234,29 @@ def _cause(e: BaseException) -> str:
     return f'{type(cause).__name__}: {cause}' if cause is not None else str(e)
 
 
+def sha256_file(path: Union[str, Path]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _verified(path: Path, where: str, filename: str) -> Path:
     """Check a cached file against the sha256 the Hub advertised for it (its blob's name in the cache); a mismatch
     removes the entry and raises."""
     blob = path.resolve()
     if _SHA256.fullmatch(blob.name):
-        digest = hashlib.sha256()
-        with open(blob, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                digest.update(chunk)
-        if digest.hexdigest() != blob.name:
+        actual = sha256_file(blob)
+        if actual != blob.name:
             for entry in (path, blob):  # never leave a poisoned entry: the next try downloads again
                 try:
                     entry.unlink()
                 except OSError:
                     pass
             raise PretrainedWeightsError(
-                f'{where}/{filename}: the downloaded file has sha256 {digest.hexdigest()}, the Hub advertised '
+                f'{where}/{filename}: the downloaded file has sha256 {actual}, the Hub advertised '
                 f'{blob.name}; removed it from the cache, try again')
     return path
 
@@ -336,12 +342,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
             f'checkpoint does not fit {arch}: {len(bad)} tensors differ in shape, e.g. '
             + '; '.join(bad[:8]) + more + '. Was it made for another width?')
     return out
-
-
-def default_hub_id(variant: str) -> Optional[str]:
-    """The Hub repository of ``variant``'s default weights, or None."""
-    cfg = get_pretrained_cfg(variant)
-    return cfg.hf_hub_id if cfg is not None else None
 
 
 def cache_dir() -> str:

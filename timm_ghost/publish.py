@@ -7,7 +7,6 @@ compares logits with the source model and only then renames it into place, so a 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+
+from .hub import sha256_file
 
 __all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'HUB_FILES', 'CITATION']
 
@@ -34,14 +35,6 @@ _VERIFY_TOLERANCE = 1e-5  # max abs logit difference accepted between the source
 def _error(message: str) -> Exception:
     from .cli import CommandError
     return CommandError(message)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
@@ -190,7 +183,7 @@ def convert_checkpoint(
         if not diff <= _VERIFY_TOLERANCE:
             raise _error(f'verification failed: logits of the written folder differ from the source model by '
                          f'{diff:.3g} (max abs, tolerance {_VERIFY_TOLERANCE})')
-        files = {name: dict(size=(tmp / name).stat().st_size, sha256=_sha256(tmp / name)) for name in HUB_FILES}
+        files = {name: dict(size=(tmp / name).stat().st_size, sha256=sha256_file(tmp / name)) for name in HUB_FILES}
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.old'))
             os.replace(out, old / out.name)
@@ -248,7 +241,7 @@ def validate_folder(folder: os.PathLike) -> Dict[str, Any]:
         model = timm.create_model(f'local-dir:{folder}', pretrained=True)
     except Exception as e:
         raise _error(f'{folder} does not load with timm: {type(e).__name__}: {e}') from e
-    files = {n: dict(size=(folder / n).stat().st_size, sha256=_sha256(folder / n)) for n in HUB_FILES}
+    files = {n: dict(size=(folder / n).stat().st_size, sha256=sha256_file(folder / n)) for n in HUB_FILES}
     return dict(architecture=arch, num_classes=model.num_classes, params=count_params(model), files=files,
                 skipped=[n for n in names if n not in HUB_FILES])
 
