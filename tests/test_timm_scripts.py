@@ -22,7 +22,7 @@ import torch
 from timm.utils import reparameterize_model
 
 from timm_ghost import WIDTHS
-from timm_ghost.workflows import recipe_path
+from timm_ghost.recipes import recipe_path
 
 SCRIPTS = ('train.py', 'validate.py', 'benchmark.py', 'inference.py')
 _TIMEOUT_S = 300

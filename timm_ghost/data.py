@@ -10,15 +10,15 @@ The 1,797 digits (8x8, 16 grey levels, 10 classes) ship inside scikit-learn, so 
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Union
+from typing import Any, Dict, Union
 
-__all__ = ['DigitsFolder', 'write_digits_imagefolder', 'atomic_output_dir', 'DIGITS_SPLITS']
+from ._io import atomic_output_dir
+from .errors import MissingDependencyError
+
+__all__ = ['DigitsFolder', 'write_digits_imagefolder', 'DIGITS_SPLITS', 'register_cli']
 
 DIGITS_SPLITS = ('train', 'validation')  # the split names train.py and validate.py look for by default
 _DIGITS_LEVELS = 16  # load_digits() pixel values are 0..16
@@ -33,36 +33,12 @@ class DigitsFolder:
     counts: Dict[str, int]  # images per split
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out: Union[str, os.PathLike], force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``out`` that becomes ``out`` when the block succeeds.
-
-    A non-empty ``out`` is refused (``FileExistsError``) unless ``force``, in which case it is replaced only once the
-    new content is complete. On any error the temporary folder is removed and ``out`` is left as it was.
-    """
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f'{out} exists and is not a directory')
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f'{out} exists and is not empty (use --force to replace it)')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-', dir=out.parent))
-    try:
-        yield tmp
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _load_digits():
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "the digits data set ships with scikit-learn, which is not installed: pip install 'timm-ghost[demo]'"
         ) from e
     return load_digits(), train_test_split
@@ -112,3 +88,27 @@ def write_digits_imagefolder(
                 img.save(tmp / split / str(int(digits.target[i])) / f'{i:04d}.png')
             counts[split] = len(split_idx)
     return DigitsFolder(root=Path(out).expanduser(), img_size=img_size, num_classes=len(classes), counts=counts)
+
+
+def _cmd_data(args: Any) -> int:
+    folder = write_digits_imagefolder(args.out, img_size=args.size, val_fraction=args.val_fraction, seed=args.seed,
+                                      force=args.force)
+    print(f'wrote {folder.counts["train"]} train / {folder.counts["validation"]} validation images '
+          f'({folder.num_classes} classes, {folder.img_size}x{folder.img_size} px) to {folder.root}')
+    return 0
+
+
+def register_cli(sub: Any) -> None:
+    """Add ``timm-ghost data``."""
+    p = sub.add_parser(
+        'data', help="write a real ImageFolder offline: scikit-learn's handwritten digits",
+        description="Write scikit-learn's 1,797 handwritten digits as OUT/train/<class>/*.png (80 %%) and "
+                    'OUT/validation/<class>/*.png (20 %%, stratified, fixed seed): the folders timm\'s train.py and '
+                    'validate.py read.')
+    p.add_argument('dataset', choices=['digits'], help='the data set (digits)')
+    p.add_argument('out', metavar='OUT', help='output folder; must be new or empty unless --force')
+    p.add_argument('--size', type=int, default=64, help='image side in pixels, upscaled from 8x8 (default 64)')
+    p.add_argument('--val-fraction', type=float, default=0.2, help='validation share of each class (default 0.2)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the split (default 0)')
+    p.add_argument('--force', action='store_true', help='replace a non-empty OUT')
+    p.set_defaults(func=_cmd_data)

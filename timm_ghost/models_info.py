@@ -51,7 +51,7 @@ def _cmd_info(args: Any) -> int:
     print('-' * len(header))
     for r in rows:
         print(f'{r["model"]:<14}{r["width"]:>6}{r["params_m"]:>12.2f}{r["macs_m"]:>10.1f}{r["paper_top1"]:>13.1f}'
-              f'  {", ".join(r["pretrained"]) or "-"}')
+              f'  {", ".join(r["pretrained"]) or "none"}')
     print(f'\ntimm {timm.__version__}; MACs at {args.img_size} px; paper numbers from arXiv:1911.11907')
     return 0
 
