@@ -69,24 +69,27 @@ def build_rows(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
     builtin = getattr(timm_ghostnet, args.model)().eval()
     builtin.load_state_dict(ours.state_dict())  # the same weights, key for key
     deploy = reparameterize_model(ours)
-    macs = count_macs(ours, args.img_size)  # the deploy model computes the same function (its BN had no MACs)
+    fold, fold_cl = fold_only(ours), fold_only(ours).to(memory_format=torch.channels_last)
+
+    def row(fn: Any, counted: torch.nn.Module, **extra: Any) -> Dict[str, Any]:
+        return {'fn': fn, 'macs': count_macs(counted, args.img_size), **extra}  # each row's own module counted
 
     rows: Dict[str, Dict[str, Any]] = {
-        'builtin': {'fn': builtin, 'macs': macs},
-        'eager': {'fn': ours, 'macs': macs},
-        'fold': {'fn': fold_only(ours), 'macs': macs},
-        'fold_cl': {'fn': fold_only(ours).to(memory_format=torch.channels_last), 'macs': macs},
-        'deploy': {'fn': deploy, 'macs': macs},
+        'builtin': row(builtin, builtin),
+        'eager': row(ours, ours),
+        'fold': row(fold, fold),
+        'fold_cl': row(fold_cl, fold_cl),
+        'deploy': row(deploy, deploy),
     }
     if 'deploy_compile' in args.rows:
         log(f'compiling the deploy model (torch.compile, backend={args.compile_backend}) ...')
         compiled = torch.compile(copy.deepcopy(deploy), backend=args.compile_backend, fullgraph=True, dynamic=False)
-        rows['deploy_compile'] = {'fn': compiled, 'macs': macs, 'compile_backend': args.compile_backend}
-    if 'onnxruntime' in args.rows:
-        rows['onnxruntime'] = _onnxruntime_row(deploy, args, workdir, log) | {'macs': macs}
+        rows['deploy_compile'] = row(compiled, deploy, compile_backend=args.compile_backend)
+    if 'onnxruntime' in args.rows:  # the exported graph is the deploy model's
+        rows['onnxruntime'] = _onnxruntime_row(deploy, args, workdir, log) | {'macs': rows['deploy']['macs']}
     if 'mobilenetv3' in args.rows:
         peer = timm.create_model('mobilenetv3_large_100').eval()
-        rows['mobilenetv3'] = {'fn': peer, 'macs': count_macs(peer, args.img_size)}
+        rows['mobilenetv3'] = row(peer, peer)
     return {k: rows[k] for k in ROWS if k in rows and k in args.rows}
 
 

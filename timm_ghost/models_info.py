@@ -13,14 +13,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, img_size: int = 224) -> int:
-    """Multiply-accumulates of one ``(1, 3, img_size, img_size)`` forward (FLOPs / 2, as the paper counts)."""
+    """Multiply-accumulates of one ``(1, 3, img_size, img_size)`` eval-mode forward (FLOPs / 2, as the paper counts).
+
+    Counted with autograd on, so that a deploy model runs its standard convolutions (which the counter knows) rather
+    than its oneDNN fast path."""
     was_training = model.training
     model.eval()
     param = next(model.parameters())
     x = torch.zeros(1, getattr(model, 'in_chans', 3), img_size, img_size, device=param.device, dtype=param.dtype)
-    with FlopCounterMode(display=False) as counter:
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)
     return counter.get_total_flops() // 2
