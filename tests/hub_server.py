@@ -676,7 +676,8 @@ def client_main() -> None:
 
     Actions (each with an ``id``):
     - ``{"model": name, "kwargs": {...}}``: ``timm.create_model(name, **kwargs)``; the result carries ``ok``, the
-      ``digest`` of its state dict, ``num_classes``, ``hf_hub_id`` of its pretrained_cfg, or ``error_type`` /
+      ``digest`` of its state dict, ``num_classes``, ``hf_hub_id`` / ``url`` / ``file`` / ``architecture`` of its
+      pretrained_cfg, or ``error_type`` /
       ``error``, and ``seconds``.
     - ``{"cli": [args]}``: ``timm_ghost.cli.main(args)``; result ``ok`` (exit code 0), ``code`` and ``stdout``.
     - ``{"env": {name: value or None}}``: set / unset environment variables read at call time (``HF_TOKEN``).
@@ -712,9 +713,10 @@ def client_main() -> None:
                 result['ok'] = True
             else:
                 model = timm.create_model(action['model'], **action.get('kwargs', {}))
+                cfg = model.pretrained_cfg
                 result.update(ok=True, digest=state_digest(model.state_dict()), num_classes=model.num_classes,
-                              hf_hub_id=model.pretrained_cfg.get('hf_hub_id'),
-                              architecture=model.pretrained_cfg.get('architecture'))
+                              hf_hub_id=cfg.get('hf_hub_id'), url=cfg.get('url'), file=cfg.get('file'),
+                              architecture=cfg.get('architecture'))
         except Exception as e:  # reported, not raised: the next action still runs
             result.update(ok=False, error_type=type(e).__name__, error=str(e))
         result['seconds'] = round(time.time() - start, 3)

@@ -17,7 +17,6 @@ from helpers import randomize_
 from hub_server import HubServer, Tripwire, closed_port_endpoint, hub_env, run_client, state_digest
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
-from timm.models._hub import save_config_for_hf
 
 import timm_ghost
 from timm_ghost.hub import PretrainedWeightsError
@@ -59,17 +58,19 @@ class World:
         hub.commit('org/pinned', {'model.safetensors': self.v2}, message='v2')
         # a repo laid out by timm's save_for_hf: config.json says ghostnet_050 with 10 classes
         model = randomize_(timm.create_model('ghostnet_050', num_classes=10), 4)
-        save_config_for_hf(model, tmp / 'config.json')
-        self.cfg_weights = save_safetensors(model.state_dict())
-        hub.commit('org/cfg', {'config.json': (tmp / 'config.json').read_bytes(),
+        timm.models.save_for_hf(model, tmp / 'cfg', safe_serialization=True)
+        self.cfg_weights = (tmp / 'cfg' / 'model.safetensors').read_bytes()
+        hub.commit('org/cfg', {'config.json': (tmp / 'cfg' / 'config.json').read_bytes(),
                                'model.safetensors': self.cfg_weights})
         torch.save(timm.create_model('ghostnet_100').state_dict(), tmp / 'pytorch_model.bin')
         hub.commit('org/pickle-only', {'pytorch_model.bin': (tmp / 'pytorch_model.bin').read_bytes()})
         hub.commit('org/no-weights', {'README.md': b'# nothing here\n'})
         hub.commit('org/g130', {'model.safetensors': _weights('ghostnet_130', 5)})
         hub.commit('org/url', {'model.safetensors': self.v2})
-        url = f'{hub.endpoint}/org/url/resolve/main/model.safetensors'
-        self.url_kwargs = {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=url)}
+        hub.commit('org/url-other', {'model.safetensors': self.v1})
+        self.url = f'{hub.endpoint}/org/url/resolve/main/model.safetensors'
+        self.url_other = f'{hub.endpoint}/org/url-other/resolve/main/model.safetensors'  # the same file name
+        self.url_kwargs = {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=self.url)}
         for repo, fault in [('org/corrupt', 'corrupt'), ('org/err500', '500'), ('org/stall', 'stall'),
                             ('org/trunc', 'truncate')]:
             hub.commit(repo, {'model.safetensors': self.default})
@@ -94,6 +95,8 @@ class World:
             {'id': 'truncated', 'model': 'ghostnet_100', 'kwargs': _overlay('org/trunc')},
             {'id': 'url', 'model': 'ghostnet_100', 'kwargs': self.url_kwargs},
             {'id': 'url-again', 'model': 'ghostnet_100', 'kwargs': self.url_kwargs},
+            {'id': 'url-other', 'model': 'ghostnet_100',
+             'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=self.url_other)}},
         ], self.env(TQDM_POSITION='-1'), timeout=150)  # TQDM_POSITION=-1: bars on although stderr is a pipe
 
     def env(self, **extra) -> dict:
@@ -105,6 +108,33 @@ def world(tmp_path_factory):
     w = World(tmp_path_factory.mktemp('hub'))
     yield w
     w.hub.stop()
+
+
+_WITHOUT_HUB_PRIVATES = """
+import timm.models._builder, timm.models._hub, huggingface_hub.file_download
+del timm.models._builder._resolve_pretrained_source, huggingface_hub.file_download.http_get
+del timm.models._hub.generate_readme, timm.models._hub.hf_split, timm.models._hub.get_cache_dir
+import timm, timm_ghost
+print(type(timm.create_model('ghostnet_100')).__name__)
+try:
+    timm.create_model('ghostnet_100', pretrained=True)
+except ImportError as e:
+    print(e)
+"""
+
+
+def test_import_and_model_need_no_private_hub_name():
+    """A timm / huggingface_hub release without the private names the Hub features use still imports timm_ghost and
+    builds models; only loading weights then fails, naming what is missing."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, '-c', _WITHOUT_HUB_PRIVATES], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    built, error = out.stdout.splitlines()
+    assert built == 'GhostNet'
+    assert error.startswith('timm-ghost needs timm.models._builder._resolve_pretrained_source (which weight source '
+                            f'timm would load a pretrained_cfg from; in timm since 0.6), which timm {timm.__version__}')
 
 
 def test_default_cfg_points_at_timm_hub_repo():
@@ -144,8 +174,20 @@ def test_revision_pinning_selects_the_pinned_file(world):
 def test_safetensors_url_downloads_once_into_torch_hub(world):
     assert world.run['url']['digest'] == world.run['url-again']['digest'] == _digest(world.v2)
     assert world.hub.downloads('org/url', 'model.safetensors') == 1
-    cached = world.home / 'torch' / 'hub' / 'checkpoints' / 'model.safetensors'  # TORCH_HOME of the client
-    assert cached.read_bytes() == world.v2
+    checkpoints = world.home / 'torch' / 'hub' / 'checkpoints'  # TORCH_HOME of the client
+    cached = sorted(checkpoints.glob('timm_ghost/*/model.safetensors'))
+    assert sorted(p.read_bytes() for p in cached) == sorted([world.v1, world.v2])
+    assert [p.name for p in checkpoints.rglob('*') if p.name.startswith('.')] == []  # no partial download left
+
+
+def test_urls_ending_in_the_same_file_name_load_their_own_weights(world):
+    assert world.run['url-other']['digest'] == _digest(world.v1) != world.run['url']['digest']
+
+
+def test_pretrained_cfg_reports_the_url_not_the_cache_path(world):
+    r = world.run['url']
+    assert r['url'] == world.url
+    assert r['file'] is None and r['hf_hub_id'] is None
 
 
 def test_hf_hub_prefix_builds_from_the_repos_config(world):
@@ -303,7 +345,7 @@ def test_local_file_overlay_and_checkpoint_path_load(local_weights, name):
 
 def test_local_dir_loads_a_saved_folder(tmp_path):
     model = randomize_(timm.create_model('ghostnet_130', num_classes=5), 12)
-    timm.models._hub.save_for_hf(model, str(tmp_path), safe_serialization=True)
+    timm.models.save_for_hf(model, str(tmp_path), safe_serialization=True)
     loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
     assert isinstance(loaded, timm_ghost.GhostNet) and loaded.num_classes == 5
     assert state_digest(loaded.state_dict()) == state_digest(model.state_dict())

@@ -17,6 +17,7 @@ from hub_server import HubServer, hub_env, run_client, state_digest
 from safetensors.torch import load_file, save_file
 
 from timm_ghost import PAPER_RESULTS, cli
+from timm_ghost.errors import ConversionError
 from timm_ghost.models_info import count_params
 from timm_ghost.publish import HUB_FILES
 
@@ -143,14 +144,14 @@ def test_convert_errors_are_one_clear_line(tmp_path, capsys):
     assert 'bn1.weight: checkpoint (20,) vs model (16,)' in err
     (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
     cli.main(['convert', str(tmp_path / 'junk.pth'), str(tmp_path / 'out'), '--model', 'ghostnet_100'])
-    assert f'SRC {tmp_path / "junk.pth"}: not a readable checkpoint' in capsys.readouterr().err
+    assert f'src {tmp_path / "junk.pth"}: not a readable checkpoint' in capsys.readouterr().err
 
 
 def test_failed_verification_leaves_no_folder(tmp_path, source, monkeypatch):
     import timm_ghost.publish as publish
     monkeypatch.setattr(publish, '_VERIFY_TOLERANCE', -1.0)  # every comparison fails
     torch.save(source[1], tmp_path / 'src.pth')
-    with pytest.raises(cli.CommandError, match='verification failed'):
+    with pytest.raises(ConversionError, match='verification failed'):
         publish.convert_checkpoint(tmp_path / 'src.pth', tmp_path / 'out', 'ghostnet_100')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['src.pth']
 
@@ -189,7 +190,7 @@ def test_push_dry_run_validates_the_folder(converted, tmp_path, capsys):
     assert "architecture must be one of ghostnet_050, ghostnet_100, ghostnet_130, got 'resnet50'" in \
         capsys.readouterr().err
     assert cli.main(['push', str(out), 'not a repo id', '--dry-run']) == 1
-    assert "REPO_ID 'not a repo id'" in capsys.readouterr().err
+    assert "repo_id 'not a repo id' is not a Hub repository id" in capsys.readouterr().err
 
 
 def test_push_uploads_to_the_hub_and_loads_back(converted, source, tmp_path):

@@ -8,9 +8,11 @@ adaptation stays timm's.
 
 Hub downloads go through ``huggingface_hub.hf_hub_download`` (its cache, lock, progress bar and offline mode). One
 bounded HEAD request comes first, because on a failing HEAD ``hf_hub_download`` retries with a fixed 60 s timeout
-and exponential backoff (minutes against a stalled server); ours gives up after two tries of
-``HF_HUB_ETAG_TIMEOUT`` seconds, falling back to a cached copy like ``hf_hub_download`` does. Downloaded
-safetensors files are checked against the sha256 the Hub advertises for them.
+and exponential backoff (minutes against a stalled server); ours gives up after two tries of at most
+``HF_HUB_ETAG_TIMEOUT`` seconds of wall-clock time each, falling back to a cached copy like ``hf_hub_download``
+does. Downloaded safetensors files are checked against the sha256 the Hub advertises for them.
+
+Private timm / huggingface_hub names are reached only through :mod:`timm_ghost._compat`, when a download needs them.
 """
 from __future__ import annotations
 
@@ -19,20 +21,22 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import torch
 import torch.nn as nn
-from timm.models import list_pretrained, resolve_pretrained_cfg
-from timm.models._builder import _resolve_pretrained_source
-from timm.models._pretrained import PretrainedCfg
+from timm.models import PretrainedCfg, list_pretrained, resolve_pretrained_cfg
+
+from . import _compat
+from ._io import atomic_output_file
+from .errors import PretrainedWeightsError
 
 __all__ = [
-    'PretrainedWeightsError', 'prepare_pretrained', 'checkpoint_filter_fn', 'download_safetensors',
-    'SAFE_WEIGHTS_NAME', 'PICKLE_WEIGHTS_NAMES',
+    'PretrainedWeightsError', 'prepare_pretrained', 'checkpoint_filter_fn', 'download_safetensors', 'url_cache_path',
+    'sha256_file', 'SAFE_WEIGHTS_NAME', 'PICKLE_WEIGHTS_NAMES',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -42,12 +46,10 @@ PICKLE_WEIGHTS_NAMES = ('pytorch_model.bin', 'model.pth', 'pytorch_model.pth')
 # keys written by the thop profiler into some of the authors' checkpoints
 _PROFILER_KEYS = ('total_ops', 'total_params')
 _PROBE_TRIES = 2
+_PROBE_PAUSE = 0.5  # seconds between the tries; 2 * HF_HUB_ETAG_TIMEOUT + 0.5 s leaves room for the rest of the call
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 _COMMIT_HASH = re.compile(r'[0-9a-f]{40}')
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights could not be found, fetched or matched to the model."""
+_T = TypeVar('_T')
 
 
 def _pretrained_tags(variant: str) -> list:
@@ -86,7 +88,7 @@ def prepare_pretrained(
             f'{name} has no pretrained weights. Pretrained tags of {variant}: {", ".join(tags) or "none"}'
             f'{"" if tags else " (other GhostNet weights: " + ", ".join(list_pretrained("ghostnet_*")) + ")"}. '
             f'Use pretrained=False for random init, or pretrained_cfg_overlay=dict(file=...) for your own weights.')
-    source, location = _resolve_pretrained_source(cfg.to_dict())
+    source, location = _compat.resolve_pretrained_source()(cfg.to_dict())
     if source == 'state_dict':
         return cfg, None, None
     if source == 'hf-hub':
@@ -134,9 +136,9 @@ def download_safetensors(
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-    from timm.models._hub import hf_split
 
-    repo_id, revision = hf_split(model_id)
+    repo_id, _, revision = model_id.partition('@')  # org/repo@revision, as timm writes hf_hub_id
+    revision = revision or None
     filename = filename or SAFE_WEIGHTS_NAME
     where = f'{repo_id}{"@" + revision if revision else ""}'
     if not filename.endswith('.safetensors'):
@@ -197,7 +199,12 @@ def download_safetensors(
 
 
 def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str]:
-    """One HEAD on the file's resolve URL, tried ``_PROBE_TRIES`` times with ``HF_HUB_ETAG_TIMEOUT`` each.
+    """One HEAD on the file's resolve URL, tried ``_PROBE_TRIES`` times, each given at most ``HF_HUB_ETAG_TIMEOUT``
+    seconds of wall-clock time.
+
+    The wall-clock bound matters: before its first request huggingface_hub may make others of its own (its agent
+    registry, fetched with a fixed 3 s timeout once a day unless ``HF_HUB_DISABLE_TELEMETRY``), and a socket timeout
+    bounds each read, not the request. A try that runs out of time is left to finish in a daemon thread.
 
     Returns None when the server answered (the file's metadata or a 4xx that ``hf_hub_download`` will turn into the
     right error), else a description of the last connection / timeout / 5xx failure.
@@ -206,12 +213,14 @@ def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str
     from huggingface_hub.errors import HfHubHTTPError
 
     url = hf_hub_url(repo_id, filename, revision=revision)
+    timeout = constants.HF_HUB_ETAG_TIMEOUT
+    no_answer = f'no answer within HF_HUB_ETAG_TIMEOUT={timeout} s'
     error = None
     for attempt in range(_PROBE_TRIES):
         if attempt:
-            time.sleep(1.0)
+            time.sleep(_PROBE_PAUSE)
         try:
-            get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            _within(timeout, lambda: get_hf_file_metadata(url, timeout=timeout))
             return None
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else None
@@ -221,12 +230,33 @@ def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str
         except Exception as e:  # httpx / httpx2 (by huggingface_hub version) transport errors, by class name
             kinds = {c.__name__ for c in type(e).__mro__}
             if 'TimeoutException' in kinds or isinstance(e, TimeoutError):
-                error = f'no answer within HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s'
+                error = no_answer
             elif 'TransportError' in kinds or isinstance(e, OSError):
                 error = f'{type(e).__name__}: {e}'
             else:
                 raise
     return error
+
+
+def _within(seconds: float, fn: Callable[[], _T]) -> _T:
+    """``fn()``, or ``TimeoutError`` once ``seconds`` of wall-clock time have passed (``fn`` then runs on, unwaited,
+    in a daemon thread: it must have timeouts of its own)."""
+    outcome: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome['value'] = fn()
+        except BaseException as e:  # handed to the caller
+            outcome['error'] = e
+
+    thread = threading.Thread(target=run, name='timm-ghost-hub-probe', daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f'no answer within {seconds} s')
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome['value']
 
 
 def _cause(e: BaseException) -> str:
@@ -273,29 +303,30 @@ def _remote_pickles(repo_id: str, revision: Optional[str]) -> list:
     return found
 
 
+def url_cache_path(url: str) -> Path:
+    """Where :func:`_download_url` keeps ``url``: under torch hub's checkpoint folder (``torch.hub.get_dir()`` /
+    ``checkpoints``, as timm's own URL downloads), in a subfolder named by the URL's hash, since many URLs end in the
+    same ``model.safetensors``."""
+    name = os.path.basename(url.split('?')[0])
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(torch.hub.get_dir()) / 'checkpoints' / 'timm_ghost' / key / name
+
+
 def _download_url(url: str) -> Path:
     """Download a ``.safetensors`` URL once into torch hub's checkpoint folder (huggingface_hub's HTTP client:
-    ``HF_HUB_DOWNLOAD_TIMEOUT`` per read, progress bar), written atomically."""
+    ``HF_HUB_DOWNLOAD_TIMEOUT`` per read, its resume attempts, its progress bar), written atomically."""
     if not url.split('?')[0].endswith('.safetensors'):
         raise PretrainedWeightsError(
             f'{url}: remote weights are loaded only from .safetensors files, never from pickles')
-    from huggingface_hub.file_download import http_get
-    from timm.models._hub import get_cache_dir
-
-    folder = Path(get_cache_dir())
-    target = folder / os.path.basename(url.split('?')[0])
+    target = url_cache_path(url)
     if target.is_file():
         return target
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{target.name}.', suffix='.incomplete')
+    http_get = _compat.http_get()
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with atomic_output_file(target) as tmp, open(tmp, 'wb') as f:
             http_get(url, f, displayed_filename=target.name)
-        os.replace(tmp, target)
     except Exception as e:
         raise PretrainedWeightsError(f'could not download {url}: {type(e).__name__}: {e}') from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

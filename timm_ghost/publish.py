@@ -1,21 +1,27 @@
 """Publishing weights: ``timm-ghost convert`` (checkpoint -> Hub-ready folder) and ``timm-ghost push`` (upload).
 
 A Hub-ready folder holds exactly what timm's ``hf-hub:`` / ``local-dir:`` loaders read: ``model.safetensors``,
-``config.json`` (timm's format, written by ``timm.models._hub.save_for_hf``) and a ``README.md`` model card (timm's
-``generate_readme``). ``convert`` builds it in a hidden sibling folder, loads it back through ``local-dir:``,
-compares logits with the source model and only then renames it into place, so a failed run leaves nothing behind.
+``config.json`` (timm's format, written by ``timm.models.save_for_hf``) and a ``README.md`` model card (timm's
+``generate_readme``). ``convert`` builds it in a hidden sibling folder (:func:`timm_ghost._io.atomic_output_dir`),
+loads it back through ``local-dir:``, compares logits with the source model and only then renames it into place, so
+a failed run leaves nothing behind.
+
+The library functions raise :class:`~timm_ghost.errors.ConversionError`, ``FileNotFoundError`` /
+``FileExistsError`` or :class:`~timm_ghost.errors.PretrainedWeightsError`; the ``_cmd_*`` functions only call them
+and print.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
+from . import _compat
+from ._io import atomic_output_dir, check_output_dir
+from .errors import ConversionError
 from .hub import sha256_file
 
 __all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'HUB_FILES', 'CITATION']
@@ -32,21 +38,17 @@ CITATION = """@inproceedings{han2020ghostnet,
 _VERIFY_TOLERANCE = 1e-5  # max abs logit difference accepted between the source model and the folder loaded back
 
 
-def _error(message: str) -> Exception:
-    from .cli import CommandError
-    return CommandError(message)
-
-
 def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
     """Tensors of a local checkpoint (safetensors, or a pickle read with weights_only=True), containers unwrapped."""
     from timm.models import load_state_dict
     if not src.is_file():
-        raise FileNotFoundError(f'SRC {src}: no such checkpoint file')
+        raise FileNotFoundError(f'src {src}: no such checkpoint file')
     try:
         return load_state_dict(str(src), use_ema=use_ema, weights_only=True)
     except Exception as e:
-        raise _error(f'SRC {src}: not a readable checkpoint (safetensors, or a torch pickle of tensors loadable '
-                     f'with weights_only=True): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
+        raise ConversionError(
+            f'src {src}: not a readable checkpoint (safetensors, or a torch pickle of tensors loadable with '
+            f'weights_only=True): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
 
 
 def _build_source_model(model_name: str, raw: Dict[str, Any]) -> torch.nn.Module:
@@ -63,23 +65,22 @@ def _build_source_model(model_name: str, raw: Dict[str, Any]) -> torch.nn.Module
 
     classifier, stem = shape('classifier.weight'), shape('conv_stem.weight')
     if stem is None:
-        raise _error(f'the checkpoint has no conv_stem.weight: not a GhostNet checkpoint (first keys: '
-                     f'{", ".join(list(raw)[:5])})')
+        raise ConversionError(f'the checkpoint has no conv_stem.weight: not a GhostNet checkpoint (first keys: '
+                              f'{", ".join(list(raw)[:5])})')
     model = timm.create_model(model_name, num_classes=classifier[0] if classifier is not None else 0,
                               in_chans=stem[1])
     state_dict = checkpoint_filter_fn(raw, model)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise _error(f'the checkpoint does not match {model_name}: {len(missing)} missing keys '
-                     f'({", ".join(missing[:6])}{", ..." if len(missing) > 6 else ""}), {len(unexpected)} unexpected '
-                     f'({", ".join(unexpected[:6])}{", ..." if len(unexpected) > 6 else ""})')
+        raise ConversionError(
+            f'the checkpoint does not match {model_name}: {len(missing)} missing keys '
+            f'({", ".join(missing[:6])}{", ..." if len(missing) > 6 else ""}), {len(unexpected)} unexpected '
+            f'({", ".join(unexpected[:6])}{", ..." if len(unexpected) > 6 else ""})')
     return model.eval()
 
 
 def _model_card(model: torch.nn.Module, model_name: str, repo_id: str, params: int, macs: int,
                 top1: Optional[float], top5: Optional[float], dataset: Optional[str], license: str) -> str:
-    from timm.models._hub import generate_readme
-
     from .ghostnet import PAPER_RESULTS
 
     size = model.pretrained_cfg['input_size']
@@ -116,7 +117,7 @@ def _model_card(model: torch.nn.Module, model_name: str, repo_id: str, params: i
         comparison=comparison, citation=CITATION,
         description=f'GhostNet ({model_name}) weights in timm format, loadable with timm and the timm-ghost package.',
     )
-    return generate_readme(card, repo_id.split('/')[-1])
+    return _compat.generate_readme()(card, repo_id.split('/')[-1])
 
 
 @torch.no_grad()
@@ -139,7 +140,7 @@ def convert_checkpoint(
         src: local checkpoint in the authors' ghostnet_pytorch layout or timm's (safetensors, or a pickle of tensors,
             optionally wrapped in ``state_dict`` / ``model`` / ``state_dict_ema``, with ``module.`` prefixes and thop
             counters); classes and input channels are read from its classifier / stem shapes.
-        out: folder to create; must not exist (or be empty) unless ``overwrite``.
+        out: folder to create; must not exist (or be empty) unless ``overwrite`` (the CLI's ``--overwrite``).
         model_name: ghostnet_050, ghostnet_100 or ghostnet_130.
         use_ema: take ``state_dict_ema`` when the checkpoint has one.
         repo_id: the Hub repository the card's usage snippet names (default ``<user>/<out folder name>``).
@@ -148,19 +149,22 @@ def convert_checkpoint(
         Summary: ``params``, ``macs``, ``num_classes``, ``max_abs_diff`` (logits of the folder loaded back vs the
         source model, on a fixed random batch of 2 x in_chans x H x W), and ``files`` (name -> size, sha256).
     Raises:
-        CommandError / FileNotFoundError / FileExistsError / PretrainedWeightsError, with ``out`` left untouched.
+        ConversionError: ``model_name`` unknown, ``src`` unreadable or not a GhostNet checkpoint of that width, or the
+            written folder not reproducing the source model's logits.
+        FileNotFoundError / FileExistsError: ``src`` missing; ``out`` not empty without ``overwrite``.
+        PretrainedWeightsError: tensors of ``src`` whose shapes do not fit ``model_name``.
+        In every case ``out`` is left as it was.
     """
     import timm
-    from timm.models._hub import save_for_hf
+    from timm.models import save_for_hf
 
     from .ghostnet import WIDTHS
     from .models_info import count_macs, count_params
 
     if model_name not in WIDTHS:
-        raise _error(f'--model must be one of {", ".join(WIDTHS)}, got {model_name!r}')
-    src, out = Path(src), Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f'OUT {out} exists and is not empty; pass --overwrite to replace it')
+        raise ConversionError(f'model_name must be one of {", ".join(WIDTHS)}, got {model_name!r}')
+    src = Path(src)
+    out = check_output_dir(out, overwrite, flag='--overwrite', name='out')  # before the work, not after it
     repo_id = repo_id or f'<user>/{out.resolve().name}'
 
     model = _build_source_model(model_name, _load_source(src, use_ema))
@@ -172,27 +176,16 @@ def convert_checkpoint(
     reference = model(x)
     params, macs = count_params(model), count_macs(model, img_size=height)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.partial'))
-    try:
+    with atomic_output_dir(out, overwrite, flag='--overwrite', name='out') as tmp:
         save_for_hf(model, str(tmp), safe_serialization=True)
         (tmp / 'README.md').write_text(
             _model_card(model, model_name, repo_id, params, macs, top1, top5, dataset, license), encoding='utf-8')
         loaded = timm.create_model(f'local-dir:{tmp}', pretrained=True).eval()
         diff = (loaded(x) - reference).abs().max().item()
         if not diff <= _VERIFY_TOLERANCE:
-            raise _error(f'verification failed: logits of the written folder differ from the source model by '
-                         f'{diff:.3g} (max abs, tolerance {_VERIFY_TOLERANCE})')
+            raise ConversionError(f'verification failed: logits of the written folder differ from the source model '
+                                  f'by {diff:.3g} (max abs, tolerance {_VERIFY_TOLERANCE})')
         files = {name: dict(size=(tmp / name).stat().st_size, sha256=sha256_file(tmp / name)) for name in HUB_FILES}
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.old'))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dict(out=str(out), model=model_name, num_classes=model.num_classes, in_chans=in_chans, params=params,
                 macs=macs, max_abs_diff=diff, files=files)
 
@@ -202,7 +195,8 @@ def validate_folder(folder: os.PathLike) -> Dict[str, Any]:
     ``timm.create_model('local-dir:...', pretrained=True)`` builds and loads strictly.
 
     Returns a summary: ``architecture``, ``num_classes``, ``params``, ``files`` (name -> size, sha256), ``skipped``
-    (other files in the folder, never uploaded). Raises CommandError naming the problem.
+    (other files in the folder, never uploaded). Raises ``FileNotFoundError`` for a missing folder and
+    ``ConversionError`` naming the file and what is wrong with it otherwise.
     """
     import timm
     import yaml
@@ -212,21 +206,23 @@ def validate_folder(folder: os.PathLike) -> Dict[str, Any]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f'OUT {folder}: no such folder')
+        raise FileNotFoundError(f'folder {folder}: no such folder')
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
     if pickles:
-        raise _error(f'{folder} holds pickle files ({", ".join(pickles)}); only safetensors weights are published')
+        raise ConversionError(
+            f'{folder} holds pickle files ({", ".join(pickles)}); only safetensors weights are published')
     missing = [n for n in HUB_FILES if n not in names]
     if missing:
-        raise _error(f'{folder} lacks {", ".join(missing)}; make the folder with `timm-ghost convert`')
+        raise ConversionError(f'{folder} lacks {", ".join(missing)}; make the folder with `timm-ghost convert`')
     try:
         config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
     except ValueError as e:
-        raise _error(f'{folder}/config.json is not valid JSON: {e}') from e
+        raise ConversionError(f'{folder}/config.json is not valid JSON: {e}') from e
     arch = config.get('architecture') if isinstance(config, dict) else None
     if arch not in WIDTHS:
-        raise _error(f'{folder}/config.json: architecture must be one of {", ".join(WIDTHS)}, got {arch!r}')
+        raise ConversionError(
+            f'{folder}/config.json: architecture must be one of {", ".join(WIDTHS)}, got {arch!r}')
     card = (folder / 'README.md').read_text(encoding='utf-8')
     front = card.split('---\n')
     meta = None
@@ -236,11 +232,11 @@ def validate_folder(folder: os.PathLike) -> Dict[str, Any]:
         except yaml.YAMLError:
             meta = None
     if not isinstance(meta, dict) or meta.get('library_name') != 'timm' or not meta.get('license'):
-        raise _error(f'{folder}/README.md needs YAML front matter with library_name: timm and a license')
+        raise ConversionError(f'{folder}/README.md needs YAML front matter with library_name: timm and a license')
     try:
         model = timm.create_model(f'local-dir:{folder}', pretrained=True)
     except Exception as e:
-        raise _error(f'{folder} does not load with timm: {type(e).__name__}: {e}') from e
+        raise ConversionError(f'{folder} does not load with timm: {type(e).__name__}: {e}') from e
     files = {n: dict(size=(folder / n).stat().st_size, sha256=sha256_file(folder / n)) for n in HUB_FILES}
     return dict(architecture=arch, num_classes=model.num_classes, params=count_params(model), files=files,
                 skipped=[n for n in names if n not in HUB_FILES])
@@ -252,6 +248,8 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
 
     Uses huggingface_hub's ``HfApi`` (token from ``HF_TOKEN`` or ``hf auth login``; endpoint ``HF_ENDPOINT``).
     Returns the validation summary plus ``commit_url`` / ``commit_oid`` (absent on ``dry_run``).
+    Raises ``ConversionError`` for a bad ``repo_id`` or folder (see :func:`validate_folder`), ``PermissionError``
+    when the Hub refuses the token (401 / 403), ``OSError`` for any other failed request.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -262,9 +260,9 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
     try:
         validate_repo_id(repo_id)
     except ValueError as e:
-        raise _error(f'REPO_ID {repo_id!r} is not a Hub repository id (org/name): {e}') from e
+        raise ConversionError(f'repo_id {repo_id!r} is not a Hub repository id (org/name): {e}') from e
     if '/' not in repo_id:
-        raise _error(f'REPO_ID {repo_id!r}: give the owner too (org/name)')
+        raise ConversionError(f'repo_id {repo_id!r}: give the owner too (org/name)')
     summary = validate_folder(folder)
     if dry_run:
         return summary
@@ -276,10 +274,12 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
         info = api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), revision=revision, allow_patterns=list(HUB_FILES),
             commit_message=commit_message or f'Add {summary["architecture"]} weights (timm-ghost)')
-    except HfHubHTTPError as e:
+    except HfHubHTTPError as e:  # an OSError: the server's answer, with what to do about a refused token
         status = e.response.status_code if e.response is not None else None
-        hint = '; set HF_TOKEN or run `hf auth login` with a write token' if status in (401, 403) else ''
-        raise _error(f'upload to {repo_id} failed: {str(e).splitlines()[0]}{hint}') from e
+        if status in (401, 403):
+            raise PermissionError(f'upload to {repo_id} failed: {str(e).splitlines()[0]}; set HF_TOKEN or run '
+                                  f'`hf auth login` with a write token') from e
+        raise OSError(f'upload to {repo_id} failed: {str(e).splitlines()[0]}') from e
     return dict(summary, commit_url=info.commit_url, commit_oid=info.oid)
 
 
