@@ -62,10 +62,11 @@ def build_rows(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
 
     import timm_ghost  # noqa: F401  (registers our ghostnet_100)
     from timm_ghost.models_info import count_macs
+    from timm_ghost.testing import randomize_
 
     torch.manual_seed(0)
     ours = timm.create_model(args.model).eval()
-    _randomize_(ours)
+    randomize_(ours, seed=0)  # random weights and BN statistics: folding is not folding an identity
     builtin = getattr(timm_ghostnet, args.model)().eval()
     builtin.load_state_dict(ours.state_dict())  # the same weights, key for key
     deploy = reparameterize_model(ours)
@@ -97,7 +98,7 @@ def fold_only(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` with every BatchNorm folded by the blocks' in-place ``reparameterize()`` hooks and nothing
     else changed (same modules, NCHW, standard forward): what plain folding alone buys, for the ablation rows."""
     from timm_ghost.blocks import ConvBnAct, GhostBottleneck, GhostModule
-    from timm_ghost.deploy import fold_conv_bn
+    from timm_ghost.fold import fold_conv_bn
 
     folded = copy.deepcopy(model)
     for module in list(folded.modules()):
@@ -108,23 +109,6 @@ def fold_only(model: torch.nn.Module) -> torch.nn.Module:
     folded.bn1 = torch.nn.Identity()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     return folded
-
-
-@torch.no_grad()
-def _randomize_(model: torch.nn.Module) -> None:
-    """Random weights and BN statistics (as a trained network has), so that folding is not folding an identity."""
-    gen = torch.Generator().manual_seed(0)
-    for name, t in model.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        if name.endswith('running_var'):
-            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-        elif name.endswith(('running_mean', 'bias')):
-            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
-        elif t.ndim == 1:
-            t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.75)
-        else:
-            t.copy_(torch.randn(t.shape, generator=gen) * t[0].numel() ** -0.5)
 
 
 def _onnxruntime_row(deploy: torch.nn.Module, args: argparse.Namespace, workdir: Path,

@@ -1,8 +1,9 @@
 """GhostNet building blocks: the Ghost module, the Ghost bottleneck and the 1x1 head conv.
 
 Module and attribute names follow timm's built-in ``timm.models.ghostnet`` so that state dicts move between the
-two key for key. Every conv + BatchNorm pair can be folded by :func:`timm.utils.reparameterize_model` (see
-:mod:`timm_ghost.deploy`).
+two key for key. Every conv + BatchNorm pair can be folded by :func:`timm.utils.reparameterize_model`: the blocks'
+``fuse()`` hooks return the inference form registered in :mod:`timm_ghost.fold` (by :mod:`timm_ghost.deploy`, which
+builds on these blocks), and fold in place where none is registered.
 """
 from __future__ import annotations
 
@@ -13,16 +14,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, create_conv2d, make_divisible
-from timm.models._efficientnet_blocks import SqueezeExcite
 
-from .deploy import (
-    ConvActDeploy,
-    GhostBottleneckDeploy,
-    ToChannelsLast,
-    fold_conv_bn,
-    fold_sequential_conv_bn,
-    to_channels_last_,
-)
+from ._compat import SqueezeExcite
+from .fold import fold_conv_bn, fold_sequential_conv_bn, fuse_block
 
 __all__ = ['GhostModule', 'GhostBottleneck', 'ConvBnAct', 'StemNorm']
 
@@ -145,13 +139,9 @@ class GhostBottleneck(nn.Module):
 
     @torch.jit.ignore
     def fuse(self) -> nn.Module:
-        """The inference form of this block (:class:`~timm_ghost.deploy.GhostBottleneckDeploy`), every BatchNorm
-        folded. A block whose structure the deploy form does not cover is folded in place and returned."""
-        deploy = GhostBottleneckDeploy.from_block(self)
-        if deploy is not None:
-            return deploy
-        self.reparameterize()
-        return self
+        """The inference form of this block (:class:`~timm_ghost.deploy.GhostBottleneckDeploy`, every BatchNorm
+        folded); a block whose structure it does not cover is folded in place and returned."""
+        return fuse_block(self)
 
     @torch.jit.ignore
     def reparameterize(self) -> None:
@@ -188,10 +178,7 @@ class ConvBnAct(nn.Module):
     @torch.jit.ignore
     def fuse(self) -> nn.Module:
         """The folded conv + ReLU (:class:`~timm_ghost.deploy.ConvActDeploy`); other activations fold in place."""
-        if type(self.act1) is nn.ReLU and isinstance(self.bn1, nn.BatchNorm2d):
-            return ConvActDeploy(fold_conv_bn(self.conv, self.bn1))
-        self.reparameterize()
-        return self
+        return fuse_block(self)
 
     @torch.jit.ignore
     def reparameterize(self) -> None:
@@ -212,11 +199,14 @@ class StemNorm(nn.BatchNorm2d):
         self.__dict__['_folds_into'] = conv
 
     @torch.jit.ignore
+    def folds_into(self) -> nn.Conv2d:
+        """The stem conv this norm follows."""
+        return self.__dict__['_folds_into']
+
+    @torch.jit.ignore
     def fuse(self) -> nn.Module:
-        """Fold into the stem conv in place (it gains a bias, its weight goes channels_last) and return what replaces
-        this norm: :class:`~timm_ghost.deploy.ToChannelsLast`, the copy in the layout the deploy blocks compute in."""
-        conv: nn.Conv2d = self.__dict__['_folds_into']
-        fused = fold_conv_bn(conv, self)
-        conv.weight, conv.bias = fused.weight, fused.bias
-        to_channels_last_(conv)
-        return ToChannelsLast()
+        """Fold into the stem conv in place and return what replaces this norm
+        (:class:`~timm_ghost.deploy.ToChannelsLast`, a copy of the folded stem map). Without :mod:`timm_ghost.deploy`
+        imported, the norm stays as it is: a plain in-place fold would let the in-place ReLU after it overwrite the
+        stem feature map that ``features_only`` models hand out."""
+        return fuse_block(self)

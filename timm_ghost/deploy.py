@@ -1,35 +1,43 @@
 """Deploy-time form of GhostNet: BatchNorm folded into the convolutions, and a faster inference forward.
 
-``timm.utils.reparameterize_model(model)`` walks the network and calls the ``fuse()`` / ``reparameterize()`` hooks of
-:mod:`timm_ghost.blocks`, which land here:
+The deploy blocks build on the training blocks of :mod:`timm_ghost.blocks` (never the other way round): importing
+this module registers them as the blocks' inference forms (:func:`timm_ghost.fold.register_fuser`), and
+``timm.utils.reparameterize_model(model)``, which calls the blocks' ``fuse()`` hooks, lands here:
 
 * the stem BatchNorm folds into ``conv_stem``; its place is taken by a channels_last copy of the stem map
   (:class:`ToChannelsLast`);
 * every :class:`~timm_ghost.blocks.GhostBottleneck` becomes a :class:`GhostBottleneckDeploy`;
 * the final 1x1 conv block becomes a :class:`ConvActDeploy`.
 
-The folding arithmetic is torch's own (``torch.nn.utils.fusion.fuse_conv_bn_weights``). The result is an inference
-model with no normalisation left: training it would train a network without BatchNorm.
+The result is an inference model with no normalisation left (training it would train a network without BatchNorm).
+Its feature maps are channels_last. On CPU, fp32 inference without autograd runs an eager fast path through the
+oneDNN ops torch's inductor uses (:func:`timm_ghost._compat.onednn_ops`); they are probed once per process, and a
+failure switches the fast path off with one ``RuntimeWarning`` (the portable path of standard ops gives the same
+results).
 """
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = [
-    'fold_conv_bn', 'fold_sequential_conv_bn', 'split_conv_out', 'split_conv_in',
-    'to_channels_last_', 'GhostBottleneckDeploy', 'ConvActDeploy', 'ToChannelsLast', 'fast_path_enabled',
-]
+from . import _compat
+from .blocks import ConvBnAct, GhostBottleneck, StemNorm
+from .fold import (
+    fold_conv_bn,
+    linear_from_conv1x1,
+    register_fuser,
+    split_conv_in,
+    split_conv_out,
+    to_channels_last_,
+)
+
+__all__ = ['GhostBottleneckDeploy', 'ConvActDeploy', 'ToChannelsLast', 'fast_path_enabled', 'check_onednn',
+           'probe_onednn']
 
 _CL = torch.channels_last
-# the oneDNN ops torch's inductor uses for packed-weight convs; without them the portable path runs everywhere
-_MKLDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
-           and hasattr(torch.ops.mkldnn, '_reorder_convolution_weight'))
 # The eager CPU path runs a block on slices of the batch whose widest intermediate map stays under this size: the
 # slice's intermediates stay in cache from one conv to the next instead of streaming through memory.
 CHUNK_BYTES = 4 << 20
@@ -37,85 +45,48 @@ CHUNK_BYTES = 4 << 20
 LINEAR_MAX_PIXELS = 4096
 LINEAR_MIN_CHANNELS = 32
 
-
-@torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
-    """Return a new conv (with bias) computing ``bn(conv(x))`` with ``bn``'s running statistics.
-
-    Shapes are those of ``conv``; ``bn`` must be a ``BatchNorm2d`` over ``conv.out_channels`` channels.
-    """
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise TypeError(f'bn: expected a BatchNorm2d to fold into {conv}, got {type(bn).__name__}')
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError('bn: cannot fold a BatchNorm2d without running statistics (track_running_stats=False)')
-    fused = copy.deepcopy(conv)
-    weight, bias = fuse_conv_bn_weights(
-        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    fused.weight = weight
-    fused.bias = nn.Parameter(bias.detach(), weight.requires_grad)  # a bias made from nothing is trainable too
-    return fused
+OneDnnOps = Tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
+_PROBED = False
+# (convolution_pointwise, reorder_convolution_weight) once they passed the probe; the fast path's helpers call these
+_OPS: Optional[OneDnnOps] = None
 
 
-def fold_sequential_conv_bn(seq: nn.Sequential) -> None:
-    """Fold every ``Conv2d`` directly followed by a ``BatchNorm2d`` in ``seq``, in place (the norm becomes Identity)."""
-    for i in range(len(seq) - 1):
-        if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
-            seq[i] = fold_conv_bn(seq[i], seq[i + 1])
-            seq[i + 1] = nn.Identity()
+def probe_onednn(ops: OneDnnOps, dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """Run the fast path's two oneDNN calls once on a tiny ``dtype`` map: pack a depthwise 3x3 weight
+    (``reorder_convolution_weight``), convolve with it and the fused ReLU (``convolution_pointwise``), and compare
+    with ``F.conv2d``. Returns None if they agree, else why not (the error, or the difference)."""
+    convolution_pointwise, reorder_convolution_weight = ops
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 5, 5, generator=gen).to(dtype).contiguous(memory_format=_CL)
+    weight = torch.randn(8, 1, 3, 3, generator=gen).to(dtype)
+    bias = torch.randn(8, generator=gen).to(dtype)
+    try:
+        packed = reorder_convolution_weight(weight, [1, 1], [1, 1], [1, 1], 8, None)
+        out = convolution_pointwise(x, packed, bias, [1, 1], [1, 1], [1, 1], 8, 'relu', [], None)
+    except RuntimeError as e:
+        return f'its probe failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}'
+    diff = (out - F.relu(F.conv2d(x, weight, bias, 1, 1, 1, 8))).abs().max().item()
+    if not diff <= 1e-4:
+        return f'its probe computed a depthwise conv off by {diff:.3g}'
+    return None
 
 
-def to_channels_last_(conv: nn.Conv2d) -> nn.Conv2d:
-    """Store ``conv``'s weight in channels_last order, in place: the conv then returns channels_last maps whatever
-    the input's layout, and oneDNN computes NHWC without reordering the weight. Returns ``conv``."""
-    conv.weight = nn.Parameter(conv.weight.detach().contiguous(memory_format=_CL), conv.weight.requires_grad)
-    if conv.bias is not None:
-        conv.bias = nn.Parameter(conv.bias.detach().contiguous(), conv.bias.requires_grad)
-    return conv
-
-
-def _new_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> nn.Conv2d:
-    out = nn.Conv2d(
-        weight.shape[1] * groups, weight.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=groups, bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    out.weight = nn.Parameter(weight.detach().clone(), weight.requires_grad)
-    if bias is not None:
-        out.bias = nn.Parameter(bias.detach().clone(), bias.requires_grad)
-    return to_channels_last_(out)
-
-
-def split_conv_out(conv: nn.Conv2d, start: int, end: int) -> nn.Conv2d:
-    """The conv computing output channels ``[start, end)`` of ``conv``.
-
-    A dense conv keeps all its inputs; a depthwise conv (``groups == in_channels == out_channels``) keeps the
-    matching input channels, so it maps ``(N, end - start, H, W)`` to ``(N, end - start, H', W')``.
-    """
-    weight = conv.weight[start:end]
-    bias = conv.bias[start:end] if conv.bias is not None else None
-    if conv.groups == 1:
-        return _new_conv(conv, weight, bias, 1)
-    if conv.groups == conv.in_channels == conv.out_channels:
-        return _new_conv(conv, weight, bias, end - start)
-    raise ValueError(f'conv: can only split dense or depthwise convs, got groups={conv.groups} for {conv}')
-
-
-def split_conv_in(conv: nn.Conv2d, start: int, end: int, keep_bias: bool) -> nn.Conv2d:
-    """The dense conv applying ``conv``'s weights of input channels ``[start, end)``: ``(N, end - start, H, W)`` in.
-
-    Summing the splits of all input ranges (one of them with ``keep_bias=True``) gives ``conv`` on their concatenation.
-    """
-    if conv.groups != 1:
-        raise ValueError(f'conv: can only split the inputs of a dense conv, got groups={conv.groups} for {conv}')
-    return _new_conv(conv, conv.weight[:, start:end], conv.bias if keep_bias else None, 1)
-
-
-def _linear_from_conv1x1(conv: nn.Conv2d) -> nn.Linear:
-    """The ``nn.Linear`` equal to a 1x1 conv applied to ``(N, C, 1, 1)`` maps."""
-    linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
-                       device=conv.weight.device, dtype=conv.weight.dtype)
-    linear.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(), conv.weight.requires_grad)
-    if conv.bias is not None:
-        linear.bias = nn.Parameter(conv.bias.detach().clone(), conv.bias.requires_grad)
-    return linear
+def check_onednn(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the fast path's oneDNN ops are usable. The first call in a process runs :func:`probe_onednn` in
+    ``dtype`` (the fast path's is fp32); if the probe fails, the fast path is switched off for the process with one
+    ``RuntimeWarning`` naming the failure (:func:`timm_ghost._compat.disable_onednn`) and the portable path runs."""
+    global _PROBED, _OPS
+    ops = _compat.onednn_ops()
+    if ops is None:
+        return False
+    if not _PROBED:
+        _PROBED = True
+        reason = probe_onednn(ops, dtype)
+        if reason is not None:
+            _compat.disable_onednn(reason)
+            return False
+        _OPS = ops
+    return True
 
 
 def fast_path_enabled(x: torch.Tensor) -> bool:
@@ -126,10 +97,10 @@ def fast_path_enabled(x: torch.Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
-        and _MKLDNN
         and not torch.is_grad_enabled()
         and x.device.type == 'cpu'
         and x.dtype == torch.float32
+        and check_onednn()
     )
 
 
@@ -156,7 +127,7 @@ class _PackedWeights:
         key = tuple((c.weight.data_ptr(), c.weight._version) for c in convs)
         if key != self.key:
             self.weights = {
-                name: torch.ops.mkldnn._reorder_convolution_weight(
+                name: _OPS[1](
                     c.weight.detach(), c.padding, c.stride, c.dilation, c.groups, None)
                 for name, c in zip(names, convs)
             }
@@ -167,7 +138,7 @@ class _PackedWeights:
 def _dw_fast(x: torch.Tensor, conv: nn.Conv2d, packed: torch.Tensor, attr: str) -> torch.Tensor:
     """Depthwise conv through oneDNN with a pre-packed weight and the unary post-op ``attr`` ('none', 'relu') fused:
     the per-call weight reorder and the separate activation pass are what dominate small depthwise convs."""
-    return torch.ops.mkldnn._convolution_pointwise(
+    return _OPS[0](
         x, packed, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, attr, [], None)
 
 
@@ -189,6 +160,16 @@ class ToChannelsLast(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.clone(memory_format=torch.channels_last)
 
+    @classmethod
+    def from_stem_norm(cls, norm: StemNorm) -> ToChannelsLast:
+        """Fold a :class:`~timm_ghost.blocks.StemNorm` into its stem conv in place (the conv gains a bias, its weight
+        goes channels_last) and return what takes the norm's place."""
+        conv = norm.folds_into()
+        fused = fold_conv_bn(conv, norm)
+        conv.weight, conv.bias = fused.weight, fused.bias
+        to_channels_last_(conv)
+        return cls()
+
 
 class ConvActDeploy(nn.Module):
     """Folded conv -> ReLU (the final 1x1 conv of the network). ``(N, C, H, W)`` in, ``(N, out_chs, H, W)`` out."""
@@ -196,6 +177,13 @@ class ConvActDeploy(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = to_channels_last_(conv)
+
+    @classmethod
+    def from_block(cls, block: ConvBnAct) -> Optional[ConvActDeploy]:
+        """Fold a :class:`~timm_ghost.blocks.ConvBnAct` with a ReLU; None for other activations (folded in place)."""
+        if type(block.act1) is nn.ReLU and isinstance(block.bn1, nn.BatchNorm2d):
+            return cls(fold_conv_bn(block.conv, block.bn1))
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -248,7 +236,7 @@ class GhostBottleneckDeploy(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_block(cls, block: nn.Module) -> Optional[GhostBottleneckDeploy]:
+    def from_block(cls, block: GhostBottleneck) -> Optional[GhostBottleneckDeploy]:
         """Fold a :class:`~timm_ghost.blocks.GhostBottleneck` (eval-mode statistics). None where its structure is not
         GhostNet's (Ghost modules that do not split evenly, activations other than ReLU, an SE gate other than
         hard-sigmoid): the caller then folds it in place instead."""
@@ -268,8 +256,8 @@ class GhostBottleneckDeploy(nn.Module):
         if block.conv_dw is not None:
             conv_dw = fold_conv_bn(block.conv_dw, block.bn_dw)
             dw_primary, dw_cheap = split_conv_out(conv_dw, 0, half1), split_conv_out(conv_dw, half1, mid)
-        se_reduce = _linear_from_conv1x1(se.conv_reduce) if se is not None else None
-        se_expand = _linear_from_conv1x1(se.conv_expand) if se is not None else None
+        se_reduce = linear_from_conv1x1(se.conv_reduce) if se is not None else None
+        se_expand = linear_from_conv1x1(se.conv_expand) if se is not None else None
         primary2 = fold_conv_bn(g2.primary_conv[0], g2.primary_conv[1])
         cheap2 = fold_conv_bn(g2.cheap_operation[0], g2.cheap_operation[1])
         primary2_a = split_conv_in(primary2, 0, half1, keep_bias=True)
@@ -364,3 +352,9 @@ def _is_even_ghost(module: nn.Module, act_type: type) -> bool:
         and primary[0].out_channels == cheap[0].out_channels and module.out_chs == 2 * primary[0].out_channels
         and cheap[0].groups == cheap[0].in_channels
     )
+
+
+# the inference forms of the training blocks, for their fuse() hooks (timm's reparameterize_model)
+register_fuser(GhostBottleneck, GhostBottleneckDeploy.from_block)
+register_fuser(ConvBnAct, ConvActDeploy.from_block)
+register_fuser(StemNorm, ToChannelsLast.from_stem_norm)
