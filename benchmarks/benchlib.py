@@ -6,22 +6,19 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
+from timm_ghost._io import atomic_output_file
+
 
 def gpu_section() -> Dict[str, Any]:
-    """The JSON's GPU table: these scripts measure CPUs only, so it records why it holds no figures."""
-    if torch.cuda.is_available():
-        note = (f'A GPU is present ({torch.cuda.get_device_name(0)}) but this script measures the CPU only; '
-                'no bf16 GPU figures were taken.')
-    else:
-        note = ('No GPU was available to this run: the bf16 GPU figures (batch 1 and 256) are not measured. '
-                'The CPU figures are the goal.')
+    """The JSON's GPU entry: these scripts measure the CPU only, and say so whether or not a GPU is present."""
+    present = f' ({torch.cuda.get_device_name(0)} present, not used)' if torch.cuda.is_available() else ''
+    note = f'These scripts measure the CPU only{present}; no GPU figures are taken.'
     return {'measured': False, 'cuda_available': torch.cuda.is_available(), 'note': note, 'results': []}
 
 
@@ -140,40 +137,16 @@ def percentile(values: Sequence[float], q: int) -> float:
     return float(statistics.quantiles(values, n=100, method='inclusive')[q - 1])
 
 
-def _default_mode(tmp: str) -> None:
-    """Give a mkstemp file (created 0600) the mode an ordinary new file gets under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-
-
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, indent=2)
-            f.write('\n')
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` as JSON to ``path`` atomically (no half-written file)."""
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + '\n')
 
 
 def save_figure_atomic(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.png')
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches='tight')
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save a matplotlib figure as PNG to ``path`` atomically."""
+    with atomic_output_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches='tight', format='png')
 
 
 def finish(data: Dict[str, Any], out: Path, start: float, plot: Callable[[Dict[str, Any], Path], None]) -> int:

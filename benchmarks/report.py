@@ -1,23 +1,26 @@
-"""Markdown performance tables from the benchmark JSON files (the README's table is this script's output).
+"""Markdown performance tables from the benchmark JSON files: the full tables of docs/benchmarks.md and the short
+summary in README.md are this script's output.
 
     python benchmarks/report.py                                  # print the tables
-    python benchmarks/report.py --write README.md                # replace the text between the markers below
+    python benchmarks/report.py --write docs/benchmarks.md --summary README.md   # rewrite both between markers
 
-Markers: ``<!-- benchmark-tables:start -->`` and ``<!-- benchmark-tables:end -->``.
+Markers: ``<!-- benchmark-tables:start -->`` / ``<!-- benchmark-tables:end -->`` for the tables,
+``<!-- benchmark-summary:start -->`` / ``<!-- benchmark-summary:end -->`` for the summary.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+from timm_ghost._io import atomic_output_file
 
 RESULTS = Path(__file__).resolve().parent / 'results'
 START, END = '<!-- benchmark-tables:start -->', '<!-- benchmark-tables:end -->'
+MARKERS = (START, END)
+SUMMARY_MARKERS = ('<!-- benchmark-summary:start -->', '<!-- benchmark-summary:end -->')
 
 
 def load(path: Path, kind: str) -> Dict[str, Any]:
@@ -82,40 +85,61 @@ def render(inference: Optional[Dict[str, Any]], train: Optional[Dict[str, Any]])
         parts.append(inference_table(inference))
     if train is not None:
         parts.append(train_table(train))
-    gpu = (inference or train or {}).get('gpu')
-    if gpu and not gpu.get('results'):
-        parts.append(f'GPU: {gpu["note"]}')
     return '\n\n'.join(parts) + '\n'
 
 
-def write_between_markers(path: Path, text: str) -> None:
-    """Replace what lies between the START and END markers of ``path`` with ``text`` (atomically)."""
+def summary(inference: Dict[str, Any], train: Dict[str, Any]) -> str:
+    """The README's short table: ratios to timm's built-in at the smallest and largest batch, and the training step."""
+    rows = {(r['key'], r['batch']): r for r in inference['results']}
+    batches = sorted({r['batch'] for r in inference['results']})
+    lo, hi = batches[0], batches[-1]
+    m = inference['machine']
+    lines = [
+        f'ghostnet_100 on {m["cpu_model"]}, {inference["settings"]["threads"]} threads, fp32, '
+        f'{inference["settings"]["img_size"]} px, {inference["created"][:10]}; speed relative to timm\'s built-in '
+        f'ghostnet_100 measured side by side in the same run:',
+        '',
+        f'| | batch {lo} | batch {hi} |',
+        '|---|---:|---:|',
+    ]
+    for key in ('eager', 'deploy', 'deploy_compile', 'onnxruntime'):
+        if (key, lo) in rows and (key, hi) in rows:
+            lines.append(f'| {rows[key, lo]["label"]} | {rows[key, lo]["ratio_to_builtin"]:.2f}x '
+                         f'| {rows[key, hi]["ratio_to_builtin"]:.2f}x |')
+    for r in train['results']:
+        if r['key'] != 'builtin':
+            lines.append(f'| training step (batch {r["batch"]}): speed / peak memory | '
+                         f'{r["speed_ratio_to_builtin"]:.2f}x / {r["memory_ratio_to_builtin"]:.2f}x | |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_between_markers(path: Path, text: str, markers: Tuple[str, str] = MARKERS) -> None:
+    """Replace what lies between the two ``markers`` lines of ``path`` with ``text`` (atomically, mode kept)."""
+    start, end = markers
     doc = path.read_text()
-    if doc.count(START) != 1 or doc.count(END) != 1 or doc.index(START) > doc.index(END):
-        raise ValueError(f'{path}: expected one {START} line followed by one {END} line')
-    head, rest = doc.split(START)
-    _, tail = rest.split(END)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(f'{head}{START}\n{text}{END}{tail}')
-        shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if doc.count(start) != 1 or doc.count(end) != 1 or doc.index(start) > doc.index(end):
+        raise ValueError(f'{path}: expected one {start} line followed by one {end} line')
+    head, rest = doc.split(start)
+    _, tail = rest.split(end)
+    with atomic_output_file(path, keep_mode=True) as tmp:
+        tmp.write_text(f'{head}{start}\n{text}{end}{tail}')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--inference', type=Path, default=RESULTS / 'inference.json')
     p.add_argument('--train', type=Path, default=RESULTS / 'train.json')
-    p.add_argument('--write', type=Path, help=f'Markdown file whose {START} ... {END} section is replaced')
+    p.add_argument('--write', type=Path, help=f'Markdown file whose {START} ... {END} section gets the tables')
+    p.add_argument('--summary', type=Path,
+                   help=f'Markdown file whose {SUMMARY_MARKERS[0]} ... {SUMMARY_MARKERS[1]} section gets the summary')
     args = p.parse_args(argv)
     try:
-        text = render(load(args.inference, 'inference'), load(args.train, 'train'))
+        inference, train = load(args.inference, 'inference'), load(args.train, 'train')
+        text = render(inference, train)
         if args.write:
             write_between_markers(args.write, text)
+        if args.summary:
+            write_between_markers(args.summary, summary(inference, train), SUMMARY_MARKERS)
     except (OSError, ValueError) as e:
         print(f'report.py: error: {e}', file=sys.stderr)
         return 1

@@ -115,6 +115,13 @@ def test_report_renders_both_tables_and_rewrites_between_markers(results, tmp_pa
     assert text.endswith('<!-- benchmark-tables:end -->\nafter\n')
     assert table in text
     assert doc.stat().st_mode & 0o777 == 0o644  # the file keeps its mode
+    # the README's summary: the deploy row's ratios at the smallest and largest batch, from the same JSON
+    readme = tmp_path / 'README.md.summary'
+    readme.write_text('x\n<!-- benchmark-summary:start -->\n<!-- benchmark-summary:end -->\ny\n')
+    assert _run('report.py', *args, '--summary', str(readme)).returncode == 0
+    deploy = next(r for r in json.loads((results / 'inference.json').read_text())['results'] if r['key'] == 'deploy')
+    assert f'| {deploy["label"]} | {deploy["ratio_to_builtin"]:.2f}x | {deploy["ratio_to_builtin"]:.2f}x |' \
+        in readme.read_text()
 
 
 def test_report_errors_name_the_file(tmp_path):

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 __all__ = ['atomic_output_dir', 'atomic_output_file', 'check_output_dir']
 
@@ -27,11 +27,14 @@ def check_output_dir(out: PathLike, force: bool = False, flag: str = '--force', 
     return out
 
 
-def _usual_mode(path: Path, directory: bool) -> None:
-    """mkdtemp / mkstemp create 0700 / 0600; give the result the mode a plain mkdir / open would under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+def _usual_mode(path: Path, directory: bool, mode: Optional[int] = None) -> None:
+    """mkdtemp / mkstemp create 0700 / 0600; give the result ``mode``, else the mode a plain mkdir / open would get
+    under the umask."""
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = (0o777 if directory else 0o666) & ~umask
+    os.chmod(path, mode)
 
 
 @contextlib.contextmanager
@@ -60,10 +63,11 @@ def atomic_output_dir(out: PathLike, force: bool = False, flag: str = '--force',
 
 
 @contextlib.contextmanager
-def atomic_output_file(path: PathLike) -> Iterator[Path]:
+def atomic_output_file(path: PathLike, keep_mode: bool = False) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path``; when the block succeeds it replaces ``path`` in one rename.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    The new file gets the usual mode for a new file, or with ``keep_mode`` that of the ``path`` it replaces. On any
+    error the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +76,7 @@ def atomic_output_file(path: PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _usual_mode(tmp, directory=False)
+        _usual_mode(tmp, directory=False, mode=path.stat().st_mode & 0o7777 if keep_mode and path.exists() else None)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
