@@ -5,8 +5,6 @@ unchanged and checkpoints trained here load into plain timm. Beyond the built-in
 (``drop_path_rate``), output stride 16 / 8 by dilation, BN folding through ``timm.utils.reparameterize_model``,
 safetensors-only remote weights and argument checks with clear errors.
 """
-from __future__ import annotations
-
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -25,10 +23,10 @@ from timm.layers import (
     register_notrace_module,
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._builder import pretrained_cfg_for_features
-from timm.models._features import feature_take_indices
 
+from ._compat import feature_take_indices, pretrained_cfg_for_features
 from .blocks import ConvBnAct, GhostBottleneck, StemNorm
+from .errors import UnsupportedPoolError
 from .hub import checkpoint_filter_fn, prepare_pretrained
 
 __all__ = ['GhostNet', 'BlockCfg', 'GHOSTNET_STAGES', 'PaperResult', 'PAPER_RESULTS', 'WIDTHS']
@@ -63,6 +61,7 @@ STEM_CHS = 16
 HEAD_CHS = 1280  # the pre-logits conv, not scaled by width
 WIDTHS: Dict[str, float] = {'ghostnet_050': 0.5, 'ghostnet_100': 1.0, 'ghostnet_130': 1.3}
 _POOL_TYPES = ('', 'avg', 'max', 'avgmax', 'fast', 'fastavg', 'fastmax', 'fastavgmax')
+_FEATURE_LOCATIONS = ('', 'bottleneck')
 
 
 @dataclass(frozen=True)
@@ -82,13 +81,16 @@ PAPER_RESULTS: Dict[str, PaperResult] = {
 
 
 def _check_input_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Return ``x`` unchanged if it is ``(N, in_chans, H, W)``, else raise a ValueError saying what was expected."""
+    """Return ``x`` unchanged if it is ``(N, in_chans, H, W)``, else raise a ValueError saying what was expected.
+    Scriptable: fx graphs of the model call it, and timm scripts those graphs."""
     if torch.jit.is_tracing():  # shapes are constants to the tracer; checking would only add warnings
         return x
-    if x.ndim != 4 or x.shape[1] != in_chans:
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        got = str(x.shape[1]) if x.dim() > 1 else 'no'
+        shape = ', '.join([str(s) for s in x.shape])
         raise ValueError(
             f'GhostNet input: expected a (N, {in_chans}, H, W) tensor ({in_chans} channels, in_chans={in_chans}), '
-            f'got shape {tuple(x.shape)} ({x.shape[1] if x.ndim > 1 else "no"} channels)')
+            f'got shape ({shape}) ({got} channels)')
     return x
 
 
@@ -119,6 +121,7 @@ class GhostNet(nn.Module):
             drop_block_rate: Optional[float] = None,
             bn_momentum: Optional[float] = None,
             bn_eps: Optional[float] = None,
+            feature_location: str = '',
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -134,6 +137,12 @@ class GhostNet(nn.Module):
             drop_path_rate: stochastic depth, rising linearly over the blocks to this rate.
             drop_block_rate: not supported by GhostNet; only None or 0 are accepted (timm's train.py passes None).
             bn_momentum, bn_eps: BatchNorm overrides (None keeps torch's defaults).
+            feature_location: which map of each resolution ``feature_info`` (``features_only``,
+                ``forward_intermediates``, ``prune_intermediate_layers``) taps. '' (default): timm's built-in taps,
+                the stem conv and the first (downsampling) stage of each resolution, ``blocks.1/3/5/7``.
+                'bottleneck' (as timm's mobilenetv3 names it): the last map of each resolution, ``blocks.0/2/4/6/9``,
+                what detection and segmentation necks take (at width 1.0: 16, 24, 40, 112, 960 channels at
+                /2 /4 /8 /16 /32).
         """
         super().__init__()
         if not width > 0:
@@ -144,6 +153,9 @@ class GhostNet(nn.Module):
             raise ValueError(f'num_classes must be >= 0 (0 removes the classifier), got {num_classes!r}')
         if output_stride not in (8, 16, 32):
             raise ValueError(f'output_stride must be one of 8, 16, 32, got {output_stride!r}')
+        if feature_location not in _FEATURE_LOCATIONS:
+            raise ValueError(f"feature_location must be '' (timm's built-in taps) or 'bottleneck' (the last map of "
+                             f"each resolution), got {feature_location!r}")
         _check_global_pool(global_pool)
         if not 0. <= drop_rate < 1. or not 0. <= drop_path_rate < 1.:
             raise ValueError(f'drop_rate and drop_path_rate must be in [0, 1), got {drop_rate!r}, {drop_path_rate!r}')
@@ -162,6 +174,7 @@ class GhostNet(nn.Module):
         self.in_chans = in_chans
         self.width = width
         self.output_stride = output_stride
+        self.feature_location = feature_location
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
@@ -169,12 +182,12 @@ class GhostNet(nn.Module):
         self.conv_stem = create_conv2d(in_chans, stem_chs, 3, stride=2, **dd)
         self.bn1 = StemNorm(stem_chs, self.conv_stem, **bn_kwargs, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=stem_chs, reduction=2, module='conv_stem')]
 
         num_blocks = sum(len(s) for s in stages)
         prev_chs, net_stride, dilation, block_idx = stem_chs, 2, 1, 0
         stage_modules: List[nn.Module] = []
-        for stage_idx, stage in enumerate(stages):
+        stage_outs: List[Tuple[int, int]] = []  # (channels, reduction) of each stage's output
+        for stage in stages:
             blocks = []
             for cfg in stage:
                 stride, next_dilation = cfg.stride, dilation
@@ -190,13 +203,19 @@ class GhostNet(nn.Module):
                     norm_layer=norm_layer, drop_path_rate=drop_path_rate * block_idx / max(num_blocks - 1, 1), **dd,
                 ))
                 prev_chs, dilation, block_idx = out_chs, next_dilation, block_idx + 1
-            if stage[-1].stride > 1:  # timm's built-in taps each downsampling stage
-                self.feature_info.append(dict(num_chs=prev_chs, reduction=net_stride, module=f'blocks.{stage_idx}'))
             stage_modules.append(nn.Sequential(*blocks))
+            stage_outs.append((prev_chs, net_stride))
         out_chs = make_divisible(stages[-1][-1].exp_chs * width, 4)
         stage_modules.append(nn.Sequential(ConvBnAct(prev_chs, out_chs, 1, norm_layer=norm_layer, **dd)))
+        stage_outs.append((out_chs, net_stride))
         self.blocks = nn.Sequential(*stage_modules)
-        self.stage_ends = [-1] + [int(info['module'].split('.')[-1]) for info in self.feature_info[1:]]
+        # the stage (index into blocks, -1: the stem conv) of each feature_info entry
+        self.stage_ends = _feature_stages(stages, feature_location)
+        self.feature_info: List[Dict[str, Any]] = [
+            dict(num_chs=stem_chs, reduction=2, module='conv_stem') if i < 0 else
+            dict(num_chs=stage_outs[i][0], reduction=stage_outs[i][1], module=f'blocks.{i}')
+            for i in self.stage_ends
+        ]
 
         self.num_features = out_chs
         self.head_hidden_size = HEAD_CHS
@@ -250,7 +269,7 @@ class GhostNet(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the feature maps of ``feature_info`` (stem conv, then each downsampling stage).
+        """Forward returning the feature maps of ``feature_info`` (see ``feature_location``).
 
         Args:
             x: ``(N, in_chans, H, W)`` images.
@@ -263,7 +282,7 @@ class GhostNet(nn.Module):
             ``(final_features, [feature maps])`` or just the list.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise ValueError(f"output_fmt must be 'NCHW', got '{output_fmt}'")  # no !r: TorchScript compiles this
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
         take_indices = [self.stage_ends[i] + 1 for i in take_indices]
@@ -340,9 +359,23 @@ class GhostNet(nn.Module):
         return x
 
 
+def _feature_stages(stages: Sequence[Sequence[BlockCfg]], feature_location: str) -> List[int]:
+    """The stages (indices into ``GhostNet.blocks``; -1 is the stem conv, ``len(stages)`` the final 1x1 conv) whose
+    outputs ``feature_info`` lists, one per resolution: the built-in's (stem conv, then each stage holding a
+    downsampling block) for '', the last stage of each resolution for 'bottleneck'. Strides are the table's, so
+    dilation (output_stride 16 / 8) keeps the taps in place."""
+    if feature_location == 'bottleneck':
+        return [i for i in range(len(stages) - 1) if stages[i + 1][0].stride > 1] + [len(stages)]
+    return [-1] + [i for i, stage in enumerate(stages) if any(cfg.stride > 1 for cfg in stage)]
+
+
 def _check_global_pool(global_pool: str) -> None:
+    """Raise :class:`~timm_ghost.errors.UnsupportedPoolError` (a ValueError, and the AssertionError by which timm
+    recognises a model without concat pooling) unless GhostNet can take ``global_pool``."""
     if global_pool not in _POOL_TYPES:
-        raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {global_pool!r}')
+        why = (' (concat pooling doubles the pooled width, and the conv_head after the pool takes num_features '
+               'channels)' if 'cat' in global_pool else '')
+        raise UnsupportedPoolError(f'global_pool must be one of {_POOL_TYPES}, got {global_pool!r}{why}')
 
 
 def _create_ghostnet(variant: str, pretrained: bool = False, **kwargs: Any) -> GhostNet:
