@@ -32,11 +32,11 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
 
 @pytest.mark.parametrize('name', ['ghostnet_050', 'ghostnet_130'])
 def test_pretrained_without_weights_names_model_and_existing_tags(name):
-    with pytest.raises(PretrainedWeightsError) as info:
-        timm.create_model(name, pretrained=True)
+    with pytest.raises(PretrainedWeightsError) as info:  # a cfg with no weight source
+        timm.create_model(name, pretrained=True, pretrained_cfg=dict(architecture=name))
     message = str(info.value)
-    assert f'{name}.untrained has no pretrained weights' in message
-    assert 'ghostnet_100.in1k' in message  # the weights that do exist
+    assert f'{name} has no pretrained weights' in message
+    assert f'{name}.paddle_in1k' in message  # the weights that do exist
     assert 'pretrained=False' in message
 
 

@@ -28,12 +28,14 @@ def test_registry_queries_answer_as_for_the_builtins():
     assert timm.list_models('ghostnet_*') == ['ghostnet_050', 'ghostnet_100', 'ghostnet_130']
     assert set(MODEL_NAMES) <= set(timm.list_models(module='ghostnet'))
     assert {'ghostnetv2_100', 'ghostnetv3_100'} <= set(timm.list_models(module='ghostnet'))  # timm's others stay
-    assert timm.list_pretrained('ghostnet_*') == ['ghostnet_100.in1k']
+    assert timm.list_pretrained('ghostnet_*') == [
+        'ghostnet_050.paddle_in1k', 'ghostnet_100.in1k', 'ghostnet_100.paddle_in1k', 'ghostnet_130.paddle_in1k',
+        'ghostnet_130.ssld_in1k']
     assert 'ghostnet_100.in1k' in timm.list_pretrained()
     assert timm.get_pretrained_cfg('ghostnet_100').hf_hub_id == 'timm/ghostnet_100.in1k'
-    assert timm.get_pretrained_cfg('ghostnet_050').tag == 'untrained'
-    assert timm.get_pretrained_cfg('ghostnet_130').tag == 'untrained'
-    assert timm.is_model_pretrained('ghostnet_100') and not timm.is_model_pretrained('ghostnet_050')
+    assert timm.get_pretrained_cfg('ghostnet_050').tag == 'paddle_in1k'
+    assert timm.get_pretrained_cfg('ghostnet_130').tag == 'paddle_in1k'
+    assert all(timm.is_model_pretrained(name) for name in MODEL_NAMES)
 
 
 def test_import_is_silent_and_idempotent():

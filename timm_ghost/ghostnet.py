@@ -402,8 +402,28 @@ def _create_ghostnet(variant: str, pretrained: bool = False, **kwargs: Any) -> G
     return model
 
 
-def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
+def _cfg(variant: str, paddleclas: str = '', **kwargs: Any) -> Dict[str, Any]:
+    """The pretrained cfg of ``variant``; ``paddleclas`` names a PaddleClas release (tag ``paddle_in1k`` /
+    ``ssld_in1k``), whose URL, evaluation transform and reported accuracy it then carries."""
     paper = PAPER_RESULTS[variant]
+    notes = [f'paper (ImageNet-1k, 224 px): params {paper.params_m}M, MACs {paper.macs_m:g}M, '
+             f'top-1 {paper.top1}, top-5 {paper.top5}']
+    if paddleclas:
+        from .paddle import PADDLECLAS_WEIGHTS  # the releases, beside the code that converts them
+
+        weights = PADDLECLAS_WEIGHTS[f'{variant}.{paddleclas}']
+        notes.insert(0, f'PaddleClas reported (ImageNet-1k val, resize 256 / centre crop 224; not measured here): '
+                        f'top-1 {weights.top1}, top-5 {weights.top5}')
+        kwargs = {
+            'url': weights.url,
+            'interpolation': 'bilinear',  # PaddleClas's eval transform: resize short side 256, centre crop 224
+            'origin_url': 'https://github.com/PaddlePaddle/PaddleClas',
+            'description': (
+                'distilled by PaddleClas with its SSLD recipe (semi-supervised label distillation from a larger '
+                'teacher)' if paddleclas == 'ssld_in1k' else 'trained on ImageNet-1k by PaddleClas') + (
+                f'; {weights.filename}, converted exactly to timm\'s layout on first use'),
+            **kwargs,
+        }
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bicubic',
@@ -412,22 +432,24 @@ def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
         'license': 'apache-2.0',
         'paper_name': 'GhostNet: More Features from Cheap Operations',
         'paper_ids': 'arXiv:1911.11907',
-        'notes': (
-            f'paper (ImageNet-1k, 224 px): params {paper.params_m}M, MACs {paper.macs_m:g}M, '
-            f'top-1 {paper.top1}, top-5 {paper.top5}',
-        ),
+        'notes': tuple(notes),
         **kwargs,
     }
 
 
+# The first tag of a model is its default (timm's rule). ghostnet_100 keeps the authors' weights (timm's Hub copy,
+# safetensors, no conversion); PaddleClas's plain ImageNet-1k training comes before its SSLD distillation, as in
+# timm's own PaddleClas-origin weights (hgnet_tiny / hgnet_small: paddle_in1k, then ssld_in1k).
 default_cfgs = generate_default_cfgs({
-    'ghostnet_050.untrained': _cfg('ghostnet_050'),
+    'ghostnet_050.paddle_in1k': _cfg('ghostnet_050', paddleclas='paddle_in1k'),
     'ghostnet_100.in1k': _cfg(
         'ghostnet_100',
         hf_hub_id='timm/',
         origin_url='https://github.com/huawei-noah/Efficient-AI-Backbones',
     ),
-    'ghostnet_130.untrained': _cfg('ghostnet_130'),
+    'ghostnet_100.paddle_in1k': _cfg('ghostnet_100', paddleclas='paddle_in1k'),
+    'ghostnet_130.paddle_in1k': _cfg('ghostnet_130', paddleclas='paddle_in1k'),
+    'ghostnet_130.ssld_in1k': _cfg('ghostnet_130', paddleclas='ssld_in1k'),
 })
 
 

@@ -12,6 +12,9 @@ and exponential backoff (minutes against a stalled server); ours gives up after 
 ``HF_HUB_ETAG_TIMEOUT`` seconds of wall-clock time each, falling back to a cached copy like ``hf_hub_download``
 does. Downloaded safetensors files are checked against the sha256 the Hub advertises for them.
 
+PaddleClas ``.pdparams`` files and URLs go through :mod:`timm_ghost.paddle`: read by an unpickler that admits numpy
+arrays only, converted to timm's layout, URL downloads cached as safetensors.
+
 Private timm / huggingface_hub names are reached only through :mod:`timm_ghost._compat`, when a download needs them.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 import torch.nn as nn
 from timm.models import PretrainedCfg, list_pretrained, resolve_pretrained_cfg
 
-from . import _compat
+from . import _compat, paddle
 from ._io import atomic_output_file
 from .errors import PretrainedWeightsError
 
@@ -94,6 +97,8 @@ def prepare_pretrained(
     if source == 'hf-hub':
         repo, filename = location if isinstance(location, (tuple, list)) else (location, None)
         local = download_safetensors(repo, filename, cache_dir=cache_dir)
+    elif source == 'url' and paddle.is_pdparams(str(location)):  # PaddleClas's releases: converted once, cached
+        local = paddle.download_paddle_weights(str(location), cache_dir=cache_dir)
     elif source == 'url':
         local = _download_url(str(location))
     elif source == 'local-dir':
@@ -102,6 +107,8 @@ def prepare_pretrained(
         local = Path(location)
         if not local.is_file():
             raise PretrainedWeightsError(f'pretrained file not found: {location}')
+        if paddle.looks_like_pdparams(local):  # timm's loader reads no Paddle pickles: convert, hand over tensors
+            return dataclasses.replace(cfg, state_dict=paddle.load_pdparams(local), file=None), None, cfg.to_dict()
     else:
         raise PretrainedWeightsError(f'{variant}: no usable weight source in its pretrained_cfg ({cfg})')
     load_cfg = dataclasses.replace(

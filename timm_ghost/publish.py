@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from . import _compat
+from . import _compat, paddle
 from ._io import atomic_output_dir, check_output_dir
 from .errors import ConversionError
 from .hub import sha256_file
@@ -43,6 +43,8 @@ def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
     from timm.models import load_state_dict
     if not src.is_file():
         raise FileNotFoundError(f'src {src}: no such checkpoint file')
+    if paddle.looks_like_pdparams(src):  # PaddleClas's GhostNet: read without running code, mapped to timm's keys
+        return paddle.load_pdparams(src)
     try:
         return load_state_dict(str(src), use_ema=use_ema, weights_only=True)
     except Exception as e:
@@ -80,7 +82,8 @@ def _build_source_model(model_name: str, raw: Dict[str, Any]) -> torch.nn.Module
 
 
 def _model_card(model: torch.nn.Module, model_name: str, repo_id: str, params: int, macs: int,
-                top1: Optional[float], top5: Optional[float], dataset: Optional[str], license: str) -> str:
+                top1: Optional[float], top5: Optional[float], dataset: Optional[str], license: str,
+                extra_details: Optional[Dict[str, Any]] = None) -> str:
     from .ghostnet import PAPER_RESULTS
 
     size = model.pretrained_cfg['input_size']
@@ -95,6 +98,7 @@ def _model_card(model: torch.nn.Module, model_name: str, repo_id: str, params: i
         'Papers': {'GhostNet: More Features from Cheap Operations': 'https://arxiv.org/abs/1911.11907'},
         'Original': 'https://github.com/huawei-noah/Efficient-AI-Backbones',
     }
+    details.update(extra_details or {})
     if dataset:
         details['Dataset'] = dataset
     if top1 is not None:
@@ -139,7 +143,8 @@ def convert_checkpoint(
     Args:
         src: local checkpoint in the authors' ghostnet_pytorch layout or timm's (safetensors, or a pickle of tensors,
             optionally wrapped in ``state_dict`` / ``model`` / ``state_dict_ema``, with ``module.`` prefixes and thop
-            counters); classes and input channels are read from its classifier / stem shapes.
+            counters), or PaddleClas's ``.pdparams`` (see :mod:`timm_ghost.paddle`); classes and input channels are
+            read from its classifier / stem shapes.
         out: folder to create; must not exist (or be empty) unless ``overwrite`` (the CLI's ``--overwrite``).
         model_name: ghostnet_050, ghostnet_100 or ghostnet_130.
         use_ema: take ``state_dict_ema`` when the checkpoint has one.
@@ -170,6 +175,9 @@ def convert_checkpoint(
     model = _build_source_model(model_name, _load_source(src, use_ema))
     cfg = dict(model.pretrained_cfg)
     cfg['tag'] = tag  # the default tag of the variant (in1k / untrained) does not describe these weights
+    card_details = None
+    if paddle.looks_like_pdparams(src):  # PaddleClas's transform, origin and, for a released file, its accuracy
+        cfg, card_details = paddle.paddle_export_cfg(model_name, src, cfg, tag)
     model.pretrained_cfg = model.default_cfg = cfg
     in_chans, height, width = model.in_chans, *cfg['input_size'][1:]
     x = torch.randn(2, in_chans, height, width, generator=torch.Generator().manual_seed(0))
@@ -179,7 +187,8 @@ def convert_checkpoint(
     with atomic_output_dir(out, overwrite, flag='--overwrite', name='out') as tmp:
         save_for_hf(model, str(tmp), safe_serialization=True)
         (tmp / 'README.md').write_text(
-            _model_card(model, model_name, repo_id, params, macs, top1, top5, dataset, license), encoding='utf-8')
+            _model_card(model, model_name, repo_id, params, macs, top1, top5, dataset, license, card_details),
+            encoding='utf-8')
         loaded = timm.create_model(f'local-dir:{tmp}', pretrained=True).eval()
         diff = (loaded(x) - reference).abs().max().item()
         if not diff <= _VERIFY_TOLERANCE:
@@ -323,9 +332,10 @@ def register_cli(sub: Any) -> None:
     p = sub.add_parser(
         'convert', help='checkpoint -> Hub-ready folder (model.safetensors, config.json, README.md), verified',
         description='Convert a GhostNet checkpoint (the authors\' ghostnet_pytorch layout or timm\'s; safetensors or '
-                    'a weights-only torch pickle) into a folder timm loads with hf-hub: / local-dir:. The folder is '
+                    'a weights-only torch pickle; or PaddleClas\'s .pdparams) into a folder timm loads with '
+                    'hf-hub: / local-dir:. The folder is '
                     'loaded back and its logits compared before it is moved into place.')
-    p.add_argument('src', help='checkpoint file (.pth, .pth.tar, .bin, .safetensors)')
+    p.add_argument('src', help='checkpoint file (.pth, .pth.tar, .bin, .safetensors, PaddleClas .pdparams)')
     p.add_argument('out', help='folder to create')
     p.add_argument('--model', required=True, choices=list(WIDTHS), help='architecture of the checkpoint')
     p.add_argument('--no-ema', action='store_true', help='take state_dict rather than state_dict_ema when both exist')
