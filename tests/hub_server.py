@@ -10,8 +10,16 @@ and the NDJSON ``commit`` endpoint, enough for ``HfApi.upload_folder`` without X
 
 Faults per repository (``HubServer.fault``): ``'500'`` (every request answered 500), ``'stall'`` (the request is
 read, never answered), ``'truncate'`` (the CDN sends headers and only the first half of the file, then closes; a
-resumed request for the rest gets nothing), ``'corrupt'`` (one byte of the file flipped, size and advertised
-sha256 unchanged) and ``'slow'`` (the file trickles out over about ``slow_seconds``).
+resumed request for the rest gets nothing), ``'stall-body'`` (the CDN sends headers and the first half of the file,
+then nothing more while keeping the connection open; a resumed request gets its headers and nothing), ``'corrupt'``
+(one byte of the file flipped, size and advertised sha256 unchanged), ``'slow'`` (the file trickles out over about
+``slow_seconds``), and two that fail once, then heal: ``'503-once'`` (the first request about the repository is
+answered 503) and ``'truncate-once'`` (the first transfer is cut in the middle; the resumed request completes).
+Repository ``'*'`` takes ``'500'`` or ``'stall'`` for every request on both listeners, whatever it is about.
+
+Access (``HubServer.restrict``): a private repository answers requests without a token ``401`` with ``X-Error-Code:
+RepoNotFound`` (the Hub does not reveal that it exists), a gated one ``401`` with ``GatedRepo``; with an
+``Authorization: Bearer`` header both are served. ``/api/repos/create`` records the ``private`` flag it is sent.
 
 The module also starts test processes against the server: ``hub_env`` (the variables huggingface_hub reads at
 import) and ``run_client`` (a fresh interpreter running ``client_main`` on a list of actions, one JSON result each).
@@ -37,7 +45,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt', '.ckpt', '.onnx', '.msgpack', '.h5')
-FAULTS = ('500', 'stall', 'truncate', 'corrupt', 'slow')
+FAULTS = ('500', 'stall', 'truncate', 'stall-body', 'corrupt', 'slow', '503-once', 'truncate-once')
+_ONCE = {'503-once', 'truncate-once'}
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -57,6 +66,8 @@ class Repo:
     repo_id: str
     commits: Dict[str, Commit] = field(default_factory=dict)
     refs: Dict[str, str] = field(default_factory=dict)  # branch or tag -> commit oid
+    private: bool = False
+    gated: bool = False
 
     def resolve(self, revision: str) -> Optional[Commit]:
         oid = self.refs.get(revision, revision)
@@ -183,10 +194,20 @@ class HubServer:
             commit = self.repos[repo_id].resolve(revision)
             return dict(commit.files) if commit else {}
 
+    def restrict(self, repo_id: str, private: Optional[bool] = None, gated: Optional[bool] = None) -> None:
+        """Make ``repo_id`` private and / or gated (readable only with a token), or open it again with False."""
+        with self.lock:
+            repo = self.repos[repo_id]
+            repo.private = repo.private if private is None else private
+            repo.gated = repo.gated if gated is None else gated
+
     def fault(self, repo_id: str, kind: Optional[str]) -> None:
-        """Make every request about ``repo_id`` fail as ``kind`` (one of ``FAULTS``), or heal it with None."""
+        """Make every request about ``repo_id`` fail as ``kind`` (one of ``FAULTS``), or heal it with None.
+        ``repo_id='*'`` makes every request of any kind fail (``'500'`` or ``'stall'``)."""
         if kind is not None and kind not in FAULTS:
             raise ValueError(f'fault must be one of {FAULTS} or None, got {kind!r}')
+        if repo_id == '*' and kind not in (None, '500', 'stall'):
+            raise ValueError(f"repository '*' takes the faults '500' and 'stall', got {kind!r}")
         with self.lock:
             if kind is None:
                 self.faults.pop(repo_id, None)
@@ -274,16 +295,24 @@ class _Handler(BaseHTTPRequestHandler):
             extra['X-Error-Code'] = code
         self._json(status, {'error': message}, extra)
 
-    def _fault_for(self, repo_id: Optional[str]) -> Optional[str]:
+    def _fault_for(self, repo_id: Optional[str], transfer: bool = False) -> Optional[str]:
+        """The fault of ``repo_id`` for this request; a fault that fails once heals as it is used (``'503-once'`` on
+        any request, ``'truncate-once'`` on a transfer)."""
         if repo_id is None:
             return None
         with self.hub.lock:
-            return self.hub.faults.get(repo_id)
+            fault = self.hub.faults.get(repo_id)
+            if fault == '503-once' or (fault == 'truncate-once' and transfer):
+                del self.hub.faults[repo_id]
+            return fault
 
     def _apply_fault(self, fault: Optional[str]) -> bool:
         """Handle the request-level faults; True when the request is answered (or abandoned) here."""
         if fault == '500':
             self._error(500, None, 'Internal Error - We\'re working hard to fix this as soon as possible!')
+            return True
+        if fault == '503-once':
+            self._error(503, None, 'Service Unavailable')
             return True
         if fault == 'stall':
             self._req.status = -1
@@ -292,10 +321,22 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
+    def _access_denied(self, repo: Repo) -> bool:
+        """Answer 401 as the Hub does for a private or gated repository asked without a token."""
+        if not (repo.private or repo.gated) or self.headers.get('Authorization', '').startswith('Bearer '):
+            return False
+        if repo.gated:
+            self._error(401, 'GatedRepo', f'Access to model {repo.repo_id} is restricted. You must have access to it '
+                        f'and be authenticated to access it. Please log in.')
+        else:
+            self._error(401, 'RepoNotFound', 'Repository not found')
+        return True
+
     def _dispatch(self) -> None:
         self._req = self._record()
         try:
-            self._route()
+            if not self._apply_fault(self._fault_for('*')):
+                self._route()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
@@ -342,6 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = commit.files.get(filename) if commit else None
         if repo is None:
             return self._error(404, 'RepoNotFound', 'Repository not found')
+        if self._access_denied(repo):
+            return
         if commit is None:
             return self._error(404, 'RevisionNotFound', 'Invalid rev id: ' + revision)
         if data is None:
@@ -358,7 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(200, data, headers)
 
     def _cdn_get(self, repo_id: str, sha: str, filename: str) -> None:
-        fault = self._fault_for(repo_id)
+        fault = self._fault_for(repo_id, transfer=True)
         if self._apply_fault(fault):
             return
         with self.hub.lock:
@@ -386,11 +429,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
-        if fault == 'truncate':  # the connection dies at the middle of the file, every time
+        if fault in ('truncate', 'truncate-once'):  # the connection dies at the middle of the file
             self.wfile.write(body[:max(0, size // 2 - start)])
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault == 'stall-body':  # the middle of the file, then silence on an open connection
+            self.wfile.write(body[:max(0, size // 2 - start)])
+            self.wfile.flush()
+            self.hub._release.wait(timeout=300)
+            self.close_connection = True
             return
         if fault == 'slow':
             pieces = 20
@@ -406,12 +455,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self._apply_fault(self._fault_for(repo_id)):
             return
         repo = self._repo_or_404(repo_id)
-        if repo is None:
+        if repo is None or self._access_denied(repo):
             return
         commit = repo.resolve(revision)
         if commit is None:
             return self._error(404, 'RevisionNotFound', 'Invalid rev id: ' + revision)
-        self._json(200, {'id': repo_id, 'modelId': repo_id, 'sha': commit.oid, 'private': False,
+        self._json(200, {'id': repo_id, 'modelId': repo_id, 'sha': commit.oid, 'private': repo.private,
                          'siblings': [{'rfilename': name} for name in sorted(commit.files)]})
 
     # -- uploads ------------------------------------------------------------------------------------------------
@@ -432,6 +481,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not exists:
                 self.hub._commit(repo_id, {'.gitattributes': b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n'},
                                  'main', 'initial commit')
+                # huggingface_hub >= 1.x sends visibility, older releases private
+                self.hub.repos[repo_id].private = payload.get('visibility', payload.get('private')) in ('private', True)
         if exists:  # the Hub's 409 carries the url too
             message = 'You already created this model repo'
             return self._json(409, {'error': message, 'url': f'{self.hub.endpoint}/{repo_id}'},
@@ -719,6 +770,7 @@ def client_main() -> None:
                               architecture=cfg.get('architecture'))
         except Exception as e:  # reported, not raised: the next action still runs
             result.update(ok=False, error_type=type(e).__name__, error=str(e))
-        result['seconds'] = round(time.time() - start, 3)
+        result['end'] = time.time()  # the server's clock too: compare with Request.start
+        result['seconds'] = round(result['end'] - start, 3)
         print(json.dumps(result), flush=True)
         sys.stderr.flush()

@@ -206,18 +206,20 @@ def test_push_uploads_to_the_hub_and_loads_back(converted, source, tmp_path):
             {'id': 'push', 'cli': ['push', str(out), 'org/ghostnet-test']},
             {'id': 'push-same', 'cli': ['push', str(out), 'org/ghostnet-test']},  # nothing changed: no new commit
             {'id': 'push-dev', 'cli': ['push', str(card_edit), 'org/ghostnet-test', '--revision', 'dev']},
+            {'id': 'push-private', 'cli': ['push', str(out), 'org/ghostnet-private', '--private']},
             {'id': 'load', 'model': 'hf-hub:org/ghostnet-test', 'kwargs': {'pretrained': True}},
             {'id': 'load-dev', 'model': 'hf-hub:org/ghostnet-test@dev', 'kwargs': {'pretrained': True}},
         ], hub_env(hub.endpoint, tmp_path / 'hf_home'))
         refused = run.stderr['push-no-token']
         assert run['push-no-token']['code'] == 1
         assert 'upload to org/ghostnet-test failed' in refused and '401' in refused and 'HF_TOKEN' in refused
-        for action in ('push', 'push-same', 'push-dev'):
+        for action in ('push', 'push-same', 'push-dev', 'push-private'):
             assert run[action]["ok"], (run[action], run.raw_stderr[-2000:])
+        assert (hub.repos['org/ghostnet-test'].private, hub.repos['org/ghostnet-private'].private) == (False, True)
         assert f'uploaded: {hub.endpoint}/org/ghostnet-test/commit/' in run['push']['stdout']
         main, dev = hub.files('org/ghostnet-test', 'main'), hub.files('org/ghostnet-test', 'dev')
         assert {n: main[n] for n in HUB_FILES} == {n: (out / n).read_bytes() for n in HUB_FILES}
         assert dev['README.md'].endswith(b'Revised card.\n') and dev['model.safetensors'] == main['model.safetensors']
         assert len(hub.seen('PUT', '/cdn/upload/')) == 1  # the weights went up once, through the LFS batch API
-        assert len(hub.seen('POST', '/commit/')) == 2
+        assert len(hub.seen('POST', '/api/models/org/ghostnet-test/commit/')) == 2
         assert run['load']['digest'] == run['load-dev']['digest'] == state_digest(source[1])

@@ -175,9 +175,14 @@ def download_safetensors(
         raise
     except GatedRepoError as e:
         raise PretrainedWeightsError(
-            f'Hub repository {repo_id} is gated or private (looking for {filename}); log in with `hf auth login` '
-            f'or set HF_TOKEN') from e
+            f'Hub repository {repo_id} is gated (looking for {filename}): {_auth_hint()}, after accepting its terms '
+            f'on the repository page') from e
     except RepositoryNotFoundError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status == 401:  # the Hub's answer for a private repository asked without a (suitable) token
+            raise PretrainedWeightsError(
+                f'Hub repository {repo_id} not found at {constants.ENDPOINT}, or private (HTTP 401, looking for '
+                f'{filename}): {_auth_hint()}') from e
         raise PretrainedWeightsError(
             f'Hub repository {repo_id} not found (looking for {filename}) at {constants.ENDPOINT}') from e
     except RevisionNotFoundError as e:
@@ -199,6 +204,11 @@ def download_safetensors(
                 f'model.safetensors') from e
         raise PretrainedWeightsError(f'file {filename} not found in Hub repository {where}') from e
     except Exception as e:  # connection refused, timeouts, 5xx, a transfer cut short: one line, the cause chained
+        if _is_timeout(e):
+            raise PretrainedWeightsError(
+                f'the transfer of {filename} from Hub repository {where} stopped: no data within '
+                f'HF_HUB_DOWNLOAD_TIMEOUT={constants.HF_HUB_DOWNLOAD_TIMEOUT} s, nor after huggingface_hub\'s resume '
+                f'attempts; nothing was kept in the cache. Try again, or raise HF_HUB_DOWNLOAD_TIMEOUT') from e
         raise PretrainedWeightsError(
             f'could not download {filename} from Hub repository {where} at {constants.ENDPOINT}: '
             f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}') from e
@@ -235,14 +245,31 @@ def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str
                 return None  # 401/404...: a definite answer, raised with its meaning by hf_hub_download
             error = f'HTTP {status}'
         except Exception as e:  # httpx / httpx2 (by huggingface_hub version) transport errors, by class name
-            kinds = {c.__name__ for c in type(e).__mro__}
-            if 'TimeoutException' in kinds or isinstance(e, TimeoutError):
+            if _is_timeout(e):
                 error = no_answer
-            elif 'TransportError' in kinds or isinstance(e, OSError):
+            elif 'TransportError' in {c.__name__ for c in type(e).__mro__} or isinstance(e, OSError):
                 error = f'{type(e).__name__}: {e}'
             else:
                 raise
     return error
+
+
+def _is_timeout(e: BaseException) -> bool:
+    """Whether ``e`` is a timeout: ``TimeoutError`` or httpx's / httpx2's ``TimeoutException`` (by class name, as the
+    HTTP package differs between huggingface_hub versions)."""
+    return isinstance(e, TimeoutError) or 'TimeoutException' in {c.__name__ for c in type(e).__mro__}
+
+
+def _auth_hint() -> str:
+    """What to do about a 401: send a token, or one that can read the repository."""
+    from huggingface_hub import get_token
+    try:
+        token = get_token()
+    except Exception:  # a failing OIDC exchange, say: treat as no token
+        token = None
+    if token:
+        return 'the token in use (HF_TOKEN or `hf auth login`) cannot read it; use one of an account with access'
+    return 'no token was sent; log in with `hf auth login` or set HF_TOKEN to a token of an account with access'
 
 
 def _within(seconds: float, fn: Callable[[], _T]) -> _T:

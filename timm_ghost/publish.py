@@ -255,7 +255,9 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
                 commit_message: Optional[str] = None, dry_run: bool = False) -> Dict[str, Any]:
     """Validate ``folder`` and upload its three files to Hub repo ``repo_id`` (created if missing) in one commit.
 
-    Uses huggingface_hub's ``HfApi`` (token from ``HF_TOKEN`` or ``hf auth login``; endpoint ``HF_ENDPOINT``).
+    Uses huggingface_hub's ``HfApi`` (token from ``HF_TOKEN`` or ``hf auth login``; endpoint ``HF_ENDPOINT``). A new
+    repository is created private with ``private``, else with its owner's default visibility; an existing one keeps
+    its visibility. ``revision`` names a branch, created from main if missing.
     Returns the validation summary plus ``commit_url`` / ``commit_oid`` (absent on ``dry_run``).
     Raises ``ConversionError`` for a bad ``repo_id`` or folder (see :func:`validate_folder`), ``PermissionError``
     when the Hub refuses the token (401 / 403), ``OSError`` for any other failed request.
@@ -277,7 +279,7 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
         return summary
     api = HfApi(library_name='timm-ghost', library_version=__version__)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_repo(repo_id, private=private or None, exist_ok=True)  # None: the owner's default visibility
         if revision not in (None, 'main'):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(
@@ -355,7 +357,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument('folder', help='folder made by `timm-ghost convert`')
     p.add_argument('repo_id', help='Hub repository (org/name); created if missing')
     p.add_argument('--revision', help='branch to commit to (created if missing; default main)')
-    p.add_argument('--private', action='store_true', help='create the repository private')
+    p.add_argument('--private', action='store_true',
+                   help="create the repository private (a new one; otherwise the owner's default visibility)")
     p.add_argument('--commit-message', help='commit message')
     p.add_argument('--dry-run', action='store_true', help='validate the folder and show what would be uploaded')
     p.set_defaults(func=_cmd_push)
