@@ -465,14 +465,32 @@ def test_url_offline_without_cache_says_so(tmp_path, monkeypatch):
                                f'set; load it once online')
 
 
+def test_cache_entries_count_only_for_their_url_and_converter_version(tmp_path):
+    from safetensors.torch import save_file
+
+    from timm_ghost.paddle import CONVERTER_VERSION, cached_paddle_weights
+
+    url = 'http://127.0.0.1:9/GhostNet_x0_5_pretrained.pdparams'
+    sha = '0' * 64
+    entry = paddle_cache_dir(tmp_path) / f'GhostNet_x0_5_pretrained-{hashlib.sha256(url.encode()).hexdigest()[:16]}'
+    entry.mkdir(parents=True)
+    meta = {'source_url': url, 'source_sha256': sha, 'converter': f'timm_ghost.paddle {CONVERTER_VERSION}'}
+    for stale in (dict(converter='timm_ghost.paddle 0'), dict(source_url=url + '?v=2'), dict(source_sha256='1' * 64)):
+        save_file({'w': torch.zeros(1)}, str(entry / f'{sha}.safetensors'), metadata={**meta, **stale})
+        assert cached_paddle_weights(url, cache_dir=tmp_path) is None
+    save_file({'w': torch.zeros(1)}, str(entry / f'{sha}.safetensors'), metadata=meta)
+    assert cached_paddle_weights(url, cache_dir=tmp_path) == entry / f'{sha}.safetensors'
+
+
 def test_url_cut_transfer_is_a_clear_error_and_leaves_no_cache_entry(server, tmp_path):
     filename = FILES['ghostnet_050']
     server.files[filename] = pickle.dumps({'conv1_weights': np.zeros((256, 1024), np.float32)}, protocol=4)
     server.truncate = True
     url = server.url(filename)
     with pytest.raises(PretrainedWeightsError) as info:
-        download_paddle_weights(url, cache_dir=tmp_path)
-    assert str(info.value).startswith(f'could not download {url}: ')
+        timm.create_model('ghostnet_050', pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=tmp_path)
+    assert str(info.value).startswith(f'could not download {url}: RemoteProtocolError: ')
+    assert str(info.value).endswith('; nothing was cached')
     assert server.gets(filename) >= 2  # huggingface_hub's http_get tried to resume
     assert _files_under(tmp_path) == [] and _files_under(paddle_cache_dir(tmp_path)) == []
 
@@ -492,6 +510,6 @@ def test_url_serving_a_code_running_pickle_is_refused_and_nothing_runs(server, t
     cache = tmp_path / 'cache'
     with pytest.raises(PretrainedWeightsError, match=rf'^{url}: refused to unpickle: the pickle names the global '
                                                      rf'posix\.system,'):
-        download_paddle_weights(url, cache_dir=cache)
+        timm.create_model('ghostnet_050', pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=cache)
     assert not marker.exists()
     assert _files_under(cache) == []

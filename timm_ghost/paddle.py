@@ -52,6 +52,7 @@ PADDLECLAS_BASE_URL = 'https://paddle-imagenet-models-name.bj.bcebos.com/dygraph
 PADDLE_SUFFIX = '.pdparams'
 PADDLE_BN_EPS = 1e-5  # paddle.nn.BatchNorm's default epsilon, used by every PaddleClas GhostNet norm
 CONVERTER_VERSION = '1'
+_CONVERTER = f'timm_ghost.paddle {CONVERTER_VERSION}'  # recorded in each cached file
 _CACHE_SUBDIR = 'timm_ghost_paddle'
 _PROBE_TRIES = 2
 _SHA256 = re.compile(r'[0-9a-f]{64}')
@@ -382,11 +383,25 @@ def _entry_dir(url: str, cache_dir: Optional[Union[str, os.PathLike]]) -> Path:
 
 
 def cached_paddle_weights(url: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Optional[Path]:
-    """The converted safetensors of ``url`` already in the cache (``<download sha256>.safetensors``), else None."""
+    """The converted safetensors of ``url`` already in the cache (``<download sha256>.safetensors`` whose metadata
+    names this URL and this converter version; an older conversion is made again), else None."""
+    from safetensors import safe_open
+
     entry = _entry_dir(url, cache_dir)
     if not entry.is_dir():
         return None
-    found = [p for p in entry.iterdir() if p.suffix == '.safetensors' and _SHA256.fullmatch(p.stem)]
+    found = []
+    for path in entry.iterdir():
+        if path.suffix != '.safetensors' or not _SHA256.fullmatch(path.stem):
+            continue
+        try:
+            with safe_open(str(path), framework='pt') as f:
+                meta = f.metadata() or {}
+        except Exception:  # unreadable: not an entry
+            continue
+        if meta.get('source_url') == url and meta.get('source_sha256') == path.stem and meta.get(
+                'converter') == _CONVERTER:
+            found.append(path)
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -459,14 +474,15 @@ def download_paddle_weights(url: str, cache_dir: Optional[Union[str, os.PathLike
                 http_get()(url, f, expected_size=expected_size, displayed_filename=os.path.basename(url.split('?')[0]))
         except Exception as e:  # timeouts, refused connections, a transfer cut short: one line, cause chained
             raise PretrainedWeightsError(
-                f'could not download {url}: {type(e).__name__}: {(str(e).splitlines() or [""])[0]}') from e
+                f'could not download {url}: {type(e).__name__}: {(str(e).splitlines() or [""])[0]}; nothing was '
+                f'cached') from e
         sha256 = sha256_file(tmp)
         tensors = load_pdparams(tmp, source=url)
         target = entry / f'{sha256}.safetensors'
         with atomic_output_file(target) as out:
             save_file(tensors, str(out), metadata={
                 'format': 'pt', 'source_url': url, 'source_sha256': sha256,
-                'converter': f'timm_ghost.paddle {CONVERTER_VERSION}'})
+                'converter': _CONVERTER})
         _logger.info(f'{url} (sha256 {sha256}) converted to {target}')
         return target
     finally:
