@@ -251,10 +251,11 @@ class GhostNet(nn.Module):
         """Replace the classifier with a fresh one of ``num_classes`` outputs (0 removes it)."""
         if num_classes < 0:
             raise ValueError(f'num_classes must be >= 0, got {num_classes!r}')
+        if global_pool is not None:
+            _check_global_pool(global_pool)  # before anything changes
         dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is not None:
-            _check_global_pool(global_pool)
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
             self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         self.classifier = Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
