@@ -1,35 +1,37 @@
 """Shared test utilities (imported by the test modules; pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.nn as nn
 
 import timm_ghost
+from timm_ghost.testing import randomize_
+
+__all__ = ['MODEL_NAMES', 'END_OF_RESOLUTION_CHANNELS', 'randomize_', 'builtin_model', 'stage_outputs']
 
 MODEL_NAMES = list(timm_ghost.MODEL_NAMES)
-
-
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every float tensor of ``model`` random values, BatchNorm running statistics included, so that two models
-    agreeing on an input agree on their weights rather than on an init that hides differences. Returns ``model``."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, t in model.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        if name.endswith('running_var'):
-            t.copy_(torch.rand(t.shape, generator=gen) * 1.5 + 0.5)
-        elif name.endswith('running_mean') or name.endswith('bias'):
-            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
-        elif t.ndim == 1:  # norm weight
-            t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.75)
-        else:  # conv / linear weight: LeCun-scaled so activations stay O(1) through the depth
-            fan_in = t[0].numel()
-            t.copy_(torch.randn(t.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
-    return model
+# feature_location='bottleneck': channels of the last map at /2 /4 /8 /16 /32 (blocks.0/2/4/6/9), from the table:
+# make_divisible(c * width, 4) of 16, 24, 40, 112 and the final conv's 960
+END_OF_RESOLUTION_CHANNELS = {
+    'ghostnet_050': [8, 12, 20, 56, 480],
+    'ghostnet_100': [16, 24, 40, 112, 960],
+    'ghostnet_130': [20, 32, 52, 144, 1248],
+}
 
 
 def builtin_model(name: str, **kwargs) -> nn.Module:
     """timm's own built-in GhostNet of ``name`` (its entrypoint function, bypassing the registry we replace)."""
     from timm.models import ghostnet as timm_ghostnet
     return getattr(timm_ghostnet, name)(**kwargs)
+
+
+def stage_outputs(model: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
+    """The output of every stage of a GhostNet (``blocks.0`` .. ``blocks.9``), computed module by module."""
+    x = model.act1(model.bn1(model.conv_stem(x)))
+    outs = []
+    for stage in model.blocks:
+        x = stage(x)
+        outs.append(x)
+    return outs

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from helpers import MODEL_NAMES, builtin_model, randomize_
+from helpers import END_OF_RESOLUTION_CHANNELS, MODEL_NAMES, builtin_model, randomize_, stage_outputs
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import adapt_input_conv
@@ -124,6 +124,40 @@ def test_features_only_maps_match_feature_info_and_builtin(name):
 
 
 @pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('output_stride, reductions', [(32, [2, 4, 8, 16, 32]), (16, [2, 4, 8, 16, 16]),
+                                                       (8, [2, 4, 8, 8, 8])])
+def test_feature_location_bottleneck_taps_the_last_map_of_each_resolution(name, output_stride, reductions):
+    full = randomize_(timm.create_model(name, output_stride=output_stride), 6).eval()
+    kwargs = dict(feature_location='bottleneck', output_stride=output_stride)
+    model = timm.create_model(name, **kwargs).eval()
+    model.load_state_dict(full.state_dict())  # the same network: only the taps differ
+    features = timm.create_model(name, features_only=True, **kwargs).eval()
+    state = full.state_dict()  # features_only flattens blocks.N into blocks_N
+    features.load_state_dict({k: state[k.replace('blocks_', 'blocks.', 1)] for k in features.state_dict()})
+    for info in (features.feature_info, timm.models.FeatureInfo(model.feature_info, list(range(5)))):
+        assert info.module_name() == ['blocks.0', 'blocks.2', 'blocks.4', 'blocks.6', 'blocks.9']
+        assert info.channels() == END_OF_RESOLUTION_CHANNELS[name]
+        assert info.reduction() == reductions
+    with torch.no_grad():
+        stages = stage_outputs(full, X)
+        expected = [stages[i] for i in (0, 2, 4, 6, 9)]
+        final, inter = model.forward_intermediates(X)
+        for maps in (features(X), inter):
+            assert [64 // f.shape[-1] for f in maps] == reductions
+            assert all(torch.equal(a, b) for a, b in zip(maps, expected, strict=True))
+        assert torch.equal(final, stages[-1])
+        early = model.forward_intermediates(X, indices=[1, 3], stop_early=True, intermediates_only=True)
+        assert torch.equal(early[0], expected[1]) and torch.equal(early[1], expected[3])
+    assert model.prune_intermediate_layers(indices=[1, 3]) == [1, 3]
+    assert len(model.blocks) == 7  # up to blocks.6, the last map at /16
+    assert model.num_features == model.head_hidden_size == END_OF_RESOLUTION_CHANNELS[name][3]
+    with torch.no_grad():
+        pruned = model.forward_intermediates(X, indices=[1, 3], intermediates_only=True)
+        assert torch.equal(pruned[0], expected[1]) and torch.equal(pruned[1], expected[3])
+        assert torch.equal(model(X), expected[3])  # no head left, unpooled (global_pool='')
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
 def test_forward_features_and_head(name):
     ours, builtin = _pair(name)
     with torch.no_grad():
@@ -230,17 +264,19 @@ def test_device_and_dtype_construction(name):
 @pytest.mark.parametrize('name', MODEL_NAMES)
 def test_pretrained_cfg_metadata(name):
     cfg = timm.create_model(name).pretrained_cfg
+    # the default tag's evaluation transform: the authors' weights bicubic, PaddleClas's bilinear (its eval resize)
+    interpolation = {'in1k': 'bicubic', 'paddle_in1k': 'bilinear'}[cfg['tag']]
     assert cfg['mean'] == IMAGENET_DEFAULT_MEAN and cfg['std'] == IMAGENET_DEFAULT_STD
-    assert cfg['crop_pct'] == 0.875 and cfg['interpolation'] == 'bicubic'
+    assert cfg['crop_pct'] == 0.875 and cfg['interpolation'] == interpolation
     assert cfg['input_size'] == (3, 224, 224)
     assert cfg['first_conv'] == 'conv_stem' and cfg['classifier'] == 'classifier'
     assert cfg['license'] == 'apache-2.0' and cfg['paper_ids'] == 'arXiv:1911.11907'
     paper = timm_ghost.PAPER_RESULTS[name]
-    note = cfg['notes'][0]
+    note = next(n for n in cfg['notes'] if n.startswith('paper '))  # beside the weights' own reported accuracy
     for value in (f'params {paper.params_m}M', f'MACs {paper.macs_m:g}M', f'top-1 {paper.top1}'):
         assert value in note
     data_cfg = timm.data.resolve_data_config({}, model=timm.create_model(name))
-    assert data_cfg['crop_pct'] == 0.875 and data_cfg['interpolation'] == 'bicubic'
+    assert data_cfg['crop_pct'] == 0.875 and data_cfg['interpolation'] == interpolation
 
 
 @pytest.mark.parametrize('name', MODEL_NAMES)
@@ -317,26 +353,11 @@ def test_onnx_export_with_dynamic_batch(name, tmp_path):
     path = tmp_path / f'{name}.onnx'
     torch.onnx.export(
         model, (X,), str(path), input_names=['input'], output_names=['logits'],
-        dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}}, dynamo=False)
+        dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, dynamo=True, verbose=False)
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     for batch in (1, 3):
         x = torch.randn(batch, 3, 64, 64)
         (out,) = session.run(None, {'input': x.numpy()})
         with torch.no_grad():
             assert out.shape == (batch, 1000)
-            assert _max_diff(torch.from_numpy(out), model(x)) <= 1e-4
-
-
-def test_onnx_dynamo_export_with_dynamic_batch(tmp_path):
-    ort = pytest.importorskip('onnxruntime')
-    model = randomize_(timm.create_model('ghostnet_050')).eval()
-    path = tmp_path / 'ghostnet_050.onnx'
-    torch.onnx.export(
-        model, (X,), str(path), input_names=['input'], output_names=['logits'],
-        dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, dynamo=True)
-    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    for batch in (1, 3):
-        x = torch.randn(batch, 3, 64, 64)
-        (out,) = session.run(None, {'input': x.numpy()})
-        with torch.no_grad():
             assert _max_diff(torch.from_numpy(out), model(x)) <= 1e-4

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import copy
 import io
+import subprocess
+import sys
 
 import pytest
 import timm
 import torch
 import torch.nn as nn
-from helpers import MODEL_NAMES, randomize_
+from helpers import END_OF_RESOLUTION_CHANNELS, MODEL_NAMES, randomize_
 from timm.utils import reparameterize_model
 
 import timm_ghost.deploy as deploy
+from timm_ghost import GHOSTNET_STAGES, _compat
 from timm_ghost.blocks import GhostBottleneck
-from timm_ghost.deploy import GhostBottleneckDeploy, fast_path_enabled
+from timm_ghost.deploy import GhostBottleneckDeploy, fast_path_enabled, probe_onednn
 from timm_ghost.models_info import count_params
 
 TOL = 1e-4
@@ -35,6 +38,21 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def _norms_in_the_table() -> int:
+    """BatchNorms of GhostNet by its table: the stem, two per Ghost module (two per bottleneck), one per downsampling
+    depthwise conv, two per conv shortcut (where the block changes width or resolution), one in the final conv."""
+    norms, in_chs = 2, 16  # stem and final conv; widths at 1.0 (the structure is the same at every width)
+    for stage in GHOSTNET_STAGES:
+        for cfg in stage:
+            norms += 4 + (cfg.stride > 1) + 2 * (cfg.stride > 1 or cfg.out_chs != in_chs)
+            in_chs = cfg.out_chs
+    return norms
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 @pytest.fixture(scope='module')
 def pair050():
     """(eval-mode ghostnet_050 with random weights and BN statistics, its deploy copy)."""
@@ -45,11 +63,13 @@ def pair050():
 @pytest.mark.parametrize('name', MODEL_NAMES)
 def test_fused_logits_equal_eval_logits_with_no_batchnorm_left(name):
     model = randomize_(timm.create_model(name), seed=1).eval()
-    assert _norm_count(model) > 50
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == _norms_in_the_table() == 80
     fused = reparameterize_model(model)
     assert _norm_count(fused) == 0
     assert sum(isinstance(m, GhostBottleneckDeploy) for m in fused.modules()) == 16
-    assert count_params(fused) < count_params(model)  # BN scale/shift gone, conv biases added
+    # each folded BN loses its scale and shift (2 C) and gives its conv a bias (C)
+    assert count_params(model) - count_params(fused) == sum(n.num_features for n in norms)
     with torch.no_grad():
         ref = model(X224)
         assert ref.abs().max() > 1.0  # logits O(1): a diff bound of 1e-4 means something
@@ -58,6 +78,13 @@ def test_fused_logits_equal_eval_logits_with_no_batchnorm_left(name):
     assert fast.shape == portable.shape == (2, 1000)
     assert _max_diff(fast, ref) <= TOL
     assert _max_diff(portable.detach(), ref) <= TOL
+
+
+def test_ghostnet_100_folds_80_norms_and_5182508_to_5171524_parameters():
+    model = timm.create_model('ghostnet_100').eval()
+    assert _norm_count(model) == 80 and count_params(model) == 5_182_508
+    fused = reparameterize_model(model)
+    assert _norm_count(fused) == 0 and count_params(fused) == 5_171_524
 
 
 def test_inplace_false_leaves_the_original_untouched(pair050):
@@ -96,6 +123,7 @@ def test_features_only_maps_equal_except_the_stem_which_is_normalised(output_str
         stem_normalised = model.bn1(model.conv_stem(X96))
     assert [f.shape for f in out] == [f.shape for f in ref]
     assert out[-1].shape[-1] == 96 // output_stride
+    assert all(_is_channels_last(f) for f in out)
     # feature 0 is conv_stem's output: after folding, the conv includes the BN (pre-activation, not the raw conv)
     assert _max_diff(out[0], stem_normalised) <= TOL
     assert _max_diff(out[0], ref[0]) > 0.1
@@ -113,8 +141,79 @@ def test_dilated_classifier_and_intermediates_match(output_stride):
         ref_final, ref_feats = model.forward_intermediates(X96)
     assert _max_diff(final, ref_final) <= TOL
     assert len(feats) == len(ref_feats) == 5
+    assert _is_channels_last(final) and all(_is_channels_last(f) for f in feats)
     for a, b in zip(feats[1:], ref_feats[1:]):
         assert _max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('output_stride, reductions', [(32, [2, 4, 8, 16, 32]), (16, [2, 4, 8, 16, 16]),
+                                                       (8, [2, 4, 8, 8, 8])])
+def test_end_of_resolution_taps_in_the_deploy_model(name, output_stride, reductions):
+    x = X96[:1, :, :64, :64]
+    kwargs = dict(feature_location='bottleneck', output_stride=output_stride)
+    model = randomize_(timm.create_model(name, **kwargs), seed=5).eval()
+    features = timm.create_model(name, features_only=True, **kwargs).eval()
+    state = model.state_dict()  # features_only flattens blocks.N into blocks_N
+    features.load_state_dict({k: state[k.replace('blocks_', 'blocks.', 1)] for k in features.state_dict()})
+    fused, fused_features = reparameterize_model(model), reparameterize_model(features)
+    assert fused_features.feature_info.channels() == END_OF_RESOLUTION_CHANNELS[name]
+    assert fused_features.feature_info.reduction() == reductions
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        inter = fused.forward_intermediates(x, intermediates_only=True)
+        maps = fused_features(x)
+    for out in (inter, maps):
+        assert [f.shape[1] for f in out] == END_OF_RESOLUTION_CHANNELS[name]
+        assert [64 // f.shape[-1] for f in out] == reductions
+        assert all(_is_channels_last(f) for f in out)
+        assert max(_max_diff(a, b) for a, b in zip(out, ref)) <= TOL
+
+
+def test_onednn_probe_passes_here_and_reports_a_real_failure():
+    ops = _compat.onednn_ops()
+    if ops is None:
+        pytest.skip(f'torch {torch.__version__} here has no oneDNN pointwise-conv ops: the fast path is off')
+    assert probe_onednn(ops) is None
+    # oneDNN's packed-weight conv takes no float64: its own error comes back as the reason
+    reason = probe_onednn(ops, torch.float64)
+    assert reason.startswith('its probe failed: RuntimeError: ') and 'float' in reason
+
+
+_FAILED_PROBE = """
+import warnings, torch, timm
+import timm_ghost
+from timm.utils import reparameterize_model
+from timm_ghost import _compat, deploy
+from timm_ghost.testing import randomize_
+fused = reparameterize_model(randomize_(timm.create_model('ghostnet_050')).eval())
+x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+portable = fused(x).detach()  # autograd on: the standard-ops path
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    assert not deploy.check_onednn(torch.float64)  # the first probe, in a dtype oneDNN refuses
+    with torch.no_grad():
+        out = fused(x)
+        assert not deploy.fast_path_enabled(x)
+        out2 = fused(x)
+runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+print(len(runtime))
+print(runtime[0].message)
+print(_compat.onednn_ops() is None, torch.equal(out, portable), torch.equal(out2, portable))
+"""
+
+
+def test_a_failing_probe_switches_the_fast_path_off_with_one_warning():
+    if _compat.onednn_ops() is None:
+        pytest.skip(f'torch {torch.__version__} here has no oneDNN pointwise-conv ops: the fast path is off')
+    res = subprocess.run([sys.executable, '-c', _FAILED_PROBE], capture_output=True, text=True, timeout=120,
+                         env={'OMP_NUM_THREADS': '1', **__import__('os').environ})
+    assert res.returncode == 0, res.stderr
+    count, message, checks = res.stdout.strip().splitlines()
+    assert count == '1'
+    assert message.startswith("timm-ghost: the deploy model's oneDNN fast path is off (its probe failed: RuntimeError")
+    assert message.endswith('standard ops run instead (same results, slower on CPU)')
+    assert checks == 'True True True'  # ops off for the process, outputs identical to the portable path
 
 
 def test_fast_path_runs_only_for_eager_fp32_cpu_inference():

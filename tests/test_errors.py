@@ -6,6 +6,7 @@ import timm
 import torch
 
 from timm_ghost import PretrainedWeightsError
+from timm_ghost.errors import UnsupportedPoolError
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -18,6 +19,7 @@ from timm_ghost import PretrainedWeightsError
     (dict(global_pool='mean'), r"global_pool must be one of .*'avg'.*got 'mean'"),
     (dict(drop_block_rate=0.1), r'drop_block_rate is not supported.*drop_path_rate'),
     (dict(drop_path_rate=1.5), r'drop_path_rate must be in \[0, 1\)'),
+    (dict(feature_location='expansion'), r"feature_location must be '' .* or 'bottleneck' .*got 'expansion'"),
 ])
 def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
     name = 'ghostnet_100'
@@ -62,3 +64,24 @@ def test_wrong_input_channels_give_expected_and_received(shape, got):
     with pytest.raises(ValueError, match=r'expected a \(N, 1, H, W\).*in_chans=1'):
         with torch.no_grad():
             single(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize('pool', ['catavgmax', 'fastcatavgmax'])
+def test_concat_pooling_is_refused_as_timm_expects(pool):
+    # timm recognises a model without concat pooling by the AssertionError (timm's own test-suite catches exactly
+    # that); the message still says what GhostNet takes and why
+    match = rf"global_pool must be one of .*'avgmax'.*got '{pool}' \(concat pooling doubles the pooled width"
+    with pytest.raises(UnsupportedPoolError, match=match) as info:
+        timm.create_model('ghostnet_050', global_pool=pool)
+    assert isinstance(info.value, AssertionError) and isinstance(info.value, ValueError)
+    model = timm.create_model('ghostnet_050', num_classes=5)
+    with pytest.raises(AssertionError, match=match):
+        model.reset_classifier(7, pool)
+    assert model.num_classes == 5 and model.global_pool.pool_type == 'avg'  # nothing changed
+
+
+def test_unknown_pool_is_the_same_error_without_the_concat_note():
+    with pytest.raises(UnsupportedPoolError) as info:
+        timm.create_model('ghostnet_050', global_pool='mean')
+    assert str(info.value) == ("global_pool must be one of ('', 'avg', 'max', 'avgmax', 'fast', 'fastavg', 'fastmax', "
+                               "'fastavgmax'), got 'mean'")
