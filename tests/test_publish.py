@@ -156,13 +156,15 @@ def test_failed_verification_leaves_no_folder(tmp_path, source, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['src.pth']
 
 
-def test_convert_keeps_an_existing_folder_unless_overwrite(tmp_path, converted):
+def test_convert_keeps_an_existing_folder_unless_overwrite(tmp_path, converted, capsys):
     _, out, _ = converted
     target = tmp_path / 'out'
     target.mkdir()
     (target / 'keep.txt').write_text('mine')
     src = _authors_checkpoint(tmp_path / 'src.pth', load_file(out / 'model.safetensors'))
     assert cli.main(['convert', str(src), str(target), '--model', 'ghostnet_100']) == 1
+    assert capsys.readouterr().err == (f'timm-ghost convert: error: out {target} exists and is not empty '
+                                       f'(pass --overwrite to replace it)\n')
     assert [p.name for p in target.iterdir()] == ['keep.txt']
     assert cli.main(['convert', str(src), str(target), '--model', 'ghostnet_100', '--overwrite']) == 0
     assert sorted(p.name for p in target.iterdir()) == sorted(HUB_FILES)
