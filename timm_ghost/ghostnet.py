@@ -3,8 +3,11 @@
 The state-dict layout is that of timm's built-in ``timm.models.ghostnet`` key for key, so timm's Hub weights load
 unchanged and checkpoints trained here load into plain timm. Beyond the built-in: stochastic depth
 (``drop_path_rate``), output stride 16 / 8 by dilation, BN folding through ``timm.utils.reparameterize_model``,
-safetensors-only remote weights and argument checks with clear errors.
+safetensors-only remote weights, end-of-resolution feature taps (``feature_location='bottleneck'``) and argument
+checks with clear errors.
 """
+# No ``from __future__ import annotations`` here: fx copies forward()'s annotations into its generated code, and
+# string annotations there are names TorchScript cannot resolve (timm scripts fx-traced models).
 import warnings
 from dataclasses import dataclass
 from functools import partial
