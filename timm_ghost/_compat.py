@@ -16,7 +16,7 @@ import torch
 
 __all__ = [
     'SqueezeExcite', 'feature_take_indices', 'pretrained_cfg_for_features', 'resolve_pretrained_source',
-    'generate_readme', 'http_get', 'onednn_ops', 'disable_onednn',
+    'generate_readme', 'http_get', 'onednn_ops', 'disable_onednn', 'executorch_reset_threadpool',
 ]
 
 _TESTED_TIMM = '1.0.31'
@@ -74,6 +74,13 @@ def http_get() -> Callable[..., None]:
     huggingface_hub's top-level API (hf_hub_download serves only Hub repositories)."""
     return _private('huggingface_hub.file_download', 'http_get', why='streaming URL download with progress and '
                     'timeouts', since='0.10', package='huggingface_hub')
+
+
+def executorch_reset_threadpool() -> Callable[[int], None]:
+    """ExecuTorch's resize of its shared threadpool (XNNPACK's workers): its Python runtime has no public setting for
+    the thread count, which benchmarks need to match the other runtimes'."""
+    return _private('executorch.extension.pybindings.portable_lib', '_unsafe_reset_threadpool',
+                    why="the thread count of ExecuTorch's XNNPACK threadpool", since='0.4', package='executorch')
 
 
 _ONEDNN: Optional[Tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = None

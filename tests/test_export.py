@@ -1,0 +1,188 @@
+"""Verified exports (``timm_ghost.export``, ``timm-ghost export``): each format in fp32 end to end on ghostnet_050 at
+64 px (export, reload with the runtime, logits within 1e-4 of the eval-mode model), int8 on a tiny calibration
+folder (runs, agrees with fp32 top-1 on most held-out images), and bad input giving one line and leaving nothing.
+
+Each runtime's tests skip when its package is absent (CI installs ``timm-ghost[export]``, so there they run).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from helpers import randomize_
+
+from timm_ghost.cli import main as cli_main
+from timm_ghost.export import FP32_ATOL, export_form, export_model, load_export
+
+IMG = 64
+PACKAGE = {'onnx': 'onnxruntime', 'openvino': 'openvino', 'executorch': 'executorch'}
+ARTIFACTS = {'onnx': ['model.onnx'], 'openvino': ['model.xml', 'model.bin'], 'executorch': ['model.pte']}
+
+
+@pytest.fixture(scope='module')
+def model() -> torch.nn.Module:
+    return randomize_(timm.create_model('ghostnet_050'), seed=0).eval()
+
+
+@pytest.fixture(scope='module')
+def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 digits images (4 classes x 12) at 64 px: 16 calibrate, 32 are held out."""
+    from timm_ghost.data import write_digits_imagefolder
+
+    full = write_digits_imagefolder(tmp_path_factory.mktemp('digits') / 'all', img_size=IMG).root / 'train'
+    small = tmp_path_factory.mktemp('calib') / 'calib'
+    for label in ('0', '1', '2', '3'):
+        (small / label).mkdir(parents=True)
+        for image in sorted((full / label).iterdir())[:12]:
+            shutil.copy(image, small / label / image.name)
+    return small
+
+
+def _runtime(fmt: str) -> None:
+    pytest.importorskip(PACKAGE[fmt], reason=f'{PACKAGE[fmt]} not installed (pip install "timm-ghost[{fmt}]")')
+
+
+def test_export_form_is_the_deploy_model_with_nchw_weights(model):
+    form = export_form(model)
+    x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        diff = (form(x) - model(x)).abs().max().item()
+    assert diff <= FP32_ATOL
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in form.modules()) == 0
+    assert all(p.is_contiguous() for p in form.parameters())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0  # the input model is untouched
+
+
+@pytest.mark.parametrize('fmt', ['onnx', 'openvino', 'executorch'])
+def test_fp32_export_reloads_within_tolerance(model, tmp_path, fmt):
+    _runtime(fmt)
+    out = tmp_path / 'out'
+    result = export_model(model, out, fmt, 'fp32', img_size=IMG)
+    assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS[fmt] + ['export.json'])
+    meta = json.loads((out / 'export.json').read_text())
+    assert meta == result.metadata
+    assert (meta['format'], meta['precision'], meta['input_size']) == (fmt, 'fp32', [3, IMG, IMG])
+    cfg = model.pretrained_cfg
+    assert meta['mean'] == pytest.approx(cfg['mean']) and meta['std'] == pytest.approx(cfg['std'])
+    assert (meta['interpolation'], meta['crop_pct']) == (cfg['interpolation'], cfg['crop_pct'])
+    assert len(meta['labels']) == 1000 and meta['runtime']['name'] == PACKAGE[fmt]
+    assert set(meta['verification']['max_abs_diff']) == {'1', '3'}
+    assert max(meta['verification']['max_abs_diff'].values()) <= FP32_ATOL and meta['verification']['passed']
+    # reloaded on its own, at a batch size the export was not verified with
+    x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = load_export(out, threads=1)(x.numpy())
+    assert got.shape == (2, 1000)
+    assert np.abs(got - ref).max() <= FP32_ATOL
+
+
+@pytest.mark.parametrize('fmt', ['onnx', 'openvino', 'executorch'])
+def test_int8_export_agrees_with_fp32_top1(model, tmp_path, calib_dir, fmt):
+    _runtime(fmt)
+    out = tmp_path / 'out'
+    result = export_model(model, out, fmt, 'int8', calib=calib_dir, calib_size=16, img_size=IMG, min_agreement=0.75)
+    v = result.metadata['verification']
+    assert result.metadata['quantization']['calib_images'] == 16
+    assert v['heldout_images'] == 32 and v['heldout_top1_agreement'] >= 0.75
+    x = torch.randn(4, 3, IMG, IMG, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = load_export(out, threads=1)(x.numpy())
+    assert got.shape == (4, 1000) and np.isfinite(got).all()
+    assert 0 < np.abs(got - ref).max() < 0.25 * np.abs(ref).max()  # quantized (not fp32), yet close
+
+
+def test_openvino_fp32_runs_in_f32(tmp_path, model):
+    _runtime('openvino')
+    import openvino as ov
+
+    from timm_ghost.export._openvino import compile_config
+
+    meta = export_model(model, tmp_path / 'ov', 'openvino', 'fp32', img_size=IMG).metadata
+    assert meta['runtime']['compile_config'] == {'INFERENCE_PRECISION_HINT': 'f32'}
+    compiled = ov.Core().compile_model(tmp_path / 'ov' / 'model.xml', 'CPU', compile_config('fp32'))
+    assert compiled.get_property('INFERENCE_PRECISION_HINT') == ov.Type.f32
+
+
+def test_cli_exports_weights_file(tmp_path, model, capsys):
+    _runtime('onnx')
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), tmp_path / 'w.safetensors')
+    out = tmp_path / 'out'
+    rc = cli_main(['export', 'ghostnet_050', str(out), '--format', 'onnx', '--weights', str(tmp_path / 'w.safetensors'),
+                   '--img-size', str(IMG)])
+    assert rc == 0
+    meta = json.loads((out / 'export.json').read_text())
+    assert meta['weights'] == str(tmp_path / 'w.safetensors') and meta['model'] == 'ghostnet_050'
+    assert 'max |logit diff| vs eval-mode PyTorch: batch 1:' in capsys.readouterr().out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_unknown_format_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(['export', 'ghostnet_050', str(tmp_path / 'out'), '--format', 'tflite'])
+    assert e.value.code == 2
+    assert "argument --format: invalid choice: 'tflite'" in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+    with pytest.raises(ValueError, match="format: expected one of onnx, openvino, executorch, got 'tflite'"):
+        export_model(torch.nn.Identity(), tmp_path / 'out', 'tflite')
+
+
+def test_cli_missing_extra_names_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'openvino', None)  # what an environment without the package imports
+    rc = cli_main(['export', 'ghostnet_050', str(tmp_path / 'out'), '--format', 'openvino'])
+    assert rc == 1
+    assert _one_line_error(capsys) == ('timm-ghost export: error: --format openvino needs openvino (not installed): '
+                                       'pip install "timm-ghost[openvino]"')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_cli_empty_calibration_folder(tmp_path, model, capsys):
+    _runtime('onnx')
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), tmp_path / 'w.safetensors')
+    (tmp_path / 'empty').mkdir()
+    rc = cli_main(['export', 'ghostnet_050', str(tmp_path / 'out'), '--format', 'onnx', '--precision', 'int8',
+                   '--calib', str(tmp_path / 'empty'), '--weights', str(tmp_path / 'w.safetensors')])
+    assert rc == 1
+    assert _one_line_error(capsys) == (f'timm-ghost export: error: --calib {tmp_path / "empty"}: no images found '
+                                       '(expected an ImageFolder: DIR/<class>/<image>)')
+    assert not (tmp_path / 'out').exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'w.safetensors']
+
+
+def test_cli_refuses_non_empty_out_without_force(tmp_path, capsys):
+    _runtime('onnx')
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+    rc = cli_main(['export', 'ghostnet_050', str(out), '--format', 'onnx', '--weights', str(tmp_path / 'absent')])
+    assert rc == 1
+    assert _one_line_error(capsys) == (
+        f'timm-ghost export: error: OUT {out} exists and is not empty (pass --force to replace it)')
+    with pytest.raises(FileExistsError, match=r'exists and is not empty \(pass --force to replace it\)'):
+        export_model(torch.nn.Identity(), out, 'onnx')
+    assert [p.name for p in out.iterdir()] == ['keep.txt'] and (out / 'keep.txt').read_text() == 'mine'
+
+
+def test_int8_needs_calibration_folder(tmp_path, model):
+    _runtime('onnx')
+    with pytest.raises(ValueError, match=r'--precision int8 needs --calib DIR'):
+        export_model(model, tmp_path / 'out', 'onnx', 'int8')
+    with pytest.raises(ValueError, match=r'--precision bf16: onnx exports support fp32, int8'):
+        export_model(model, tmp_path / 'out', 'onnx', 'bf16')
+    assert not (tmp_path / 'out').exists()

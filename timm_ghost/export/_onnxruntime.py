@@ -1,0 +1,74 @@
+"""ONNX with a dynamic batch (``torch.onnx.export(dynamo=True)``), run with ONNX Runtime; int8 by ONNX Runtime's own
+static quantizer (QDQ format, per-channel weights)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+NAME = 'onnx'
+RUNTIME = 'onnxruntime'
+EXTRA = 'onnx'
+PACKAGES = ('onnx', 'onnxscript', 'onnxruntime')
+PRECISIONS = ('fp32', 'int8')
+QUANT_METHOD = 'onnxruntime.quantization.quantize_static: QDQ, MinMax, uint8 activations, int8 per-channel weights'
+ARTIFACT = 'model.onnx'
+
+
+def version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _export_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    batch = torch.export.Dim('batch', min=1, max=4096)
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, input_names=['input'], output_names=['logits'],
+        dynamic_shapes=({0: batch},), verbose=False)
+    program.save(str(path))
+
+
+class _Reader:
+    """ONNX Runtime's ``CalibrationDataReader`` protocol over batches of NCHW tensors."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+        self._it = iter(batches)
+
+    def get_next(self) -> Optional[dict]:
+        batch = next(self._it, None)
+        return None if batch is None else {'input': batch.numpy()}
+
+
+def build(model: nn.Module, example: torch.Tensor, out: Path, work: Path, precision: str,
+          calib: Optional[Iterable[torch.Tensor]], max_batch: int) -> List[str]:
+    """Write ``out/model.onnx``; ``work`` holds intermediate files. Returns the artifact names."""
+    if precision == 'fp32':
+        _export_fp32(model, example, out / ARTIFACT)
+        return [ARTIFACT]
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _export_fp32(model, example, work / 'fp32.onnx')
+    quant_pre_process(str(work / 'fp32.onnx'), str(work / 'prep.onnx'), skip_symbolic_shape=True)
+    quantize_static(
+        str(work / 'prep.onnx'), str(out / ARTIFACT), _Reader(calib), quant_format=QuantFormat.QDQ,
+        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax)
+    return [ARTIFACT]
+
+
+def load(out: Path, precision: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running ``out/model.onnx`` on an NCHW float32 array with ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(out / ARTIFACT), options, providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]

@@ -1,0 +1,72 @@
+"""OpenVINO IR (``model.xml`` + ``model.bin``) through OpenVINO's own converter (``openvino.convert_model`` on the
+``torch.export`` program, batch dynamic); int8 by NNCF's post-training quantization.
+
+OpenVINO's CPU plugin runs an fp32 model in bf16 on CPUs with AVX512-BF16 / AMX unless ``INFERENCE_PRECISION_HINT``
+says ``f32``, and the IR cannot carry that hint (the plugin ignores it in the model's ``runtime_options``): every
+compile here states it (``f32`` for fp32 and int8, ``bf16`` for bf16) and ``export.json`` records it for users.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+NAME = 'openvino'
+RUNTIME = 'openvino'
+EXTRA = 'openvino'
+PACKAGES = ('openvino', 'nncf')
+PRECISIONS = ('fp32', 'bf16', 'int8')
+QUANT_METHOD = 'nncf.quantize (defaults: performance preset, int8 per-channel weights)'
+ARTIFACT = 'model.xml'
+HINTS = {'fp32': 'f32', 'int8': 'f32', 'bf16': 'bf16'}
+
+
+def version() -> str:
+    import openvino
+
+    return openvino.__version__.split('-')[0]
+
+
+def bf16_supported() -> bool:
+    """Whether OpenVINO's CPU plugin reports native bf16 on this CPU."""
+    import openvino as ov
+
+    return 'BF16' in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+
+
+def build(model: nn.Module, example: torch.Tensor, out: Path, work: Path, precision: str,
+          calib: Optional[Iterable[torch.Tensor]], max_batch: int) -> List[str]:
+    """Write ``out/model.xml`` + ``out/model.bin`` (weights in fp32, or int8 with NNCF). Returns the artifact names."""
+    import openvino as ov
+
+    batch = torch.export.Dim('batch', min=1, max=4096)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    ov_model = ov.convert_model(program)
+    ov_model.reshape([-1, *example.shape[1:]])  # static channels and size, dynamic batch
+    if precision == 'int8':
+        import nncf
+
+        data = [b.numpy() for b in calib]
+        ov_model = nncf.quantize(ov_model, nncf.Dataset(data), subset_size=sum(len(b) for b in data))
+    ov.save_model(ov_model, out / ARTIFACT, compress_to_fp16=False)
+    return [ARTIFACT, 'model.bin']
+
+
+def compile_config(precision: str, threads: Optional[int] = None) -> dict:
+    """The CPU plugin properties an export of ``precision`` runs with."""
+    config = {'INFERENCE_PRECISION_HINT': HINTS[precision]}
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = threads
+    return config
+
+
+def load(out: Path, precision: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running ``out/model.xml`` on an NCHW float32 array on OpenVINO's CPU plugin."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(out / ARTIFACT, 'CPU', compile_config(precision, threads))
+    request = compiled.create_infer_request()
+    return lambda x: request.infer([x])[0].copy()

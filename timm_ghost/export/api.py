@@ -1,0 +1,338 @@
+"""Verified exports of a timm model (GhostNet folded to its deploy form) to ONNX Runtime, OpenVINO and ExecuTorch.
+
+:func:`export_model` builds the artifact in a hidden folder beside OUT, loads it back with its runtime, checks it
+against the eval-mode PyTorch model, writes ``export.json`` beside it and only then moves the folder into place.
+:func:`load_export` runs an export the way it was verified (OpenVINO's precision hint included).
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import ExportError, MissingDependencyError
+
+__all__ = [
+    'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'ExportResult', 'export_model', 'load_export', 'export_form',
+    'runtime_for', 'require_runtime', 'calibration_split',
+]
+
+PathLike = Union[str, os.PathLike]
+_MODULES = {'onnx': '_onnxruntime', 'openvino': '_openvino', 'executorch': '_executorch'}
+FORMATS = tuple(_MODULES)
+PRECISIONS = ('fp32', 'bf16', 'int8')
+FP32_ATOL = 1e-4  # fp32 logits must match the eval-mode PyTorch model within this, at every verified batch size
+BF16_RTOL = 0.05  # bf16 logits: max |diff| within this fraction of the largest |logit|, and top-1 agreement reported
+VERIFY_BATCHES = (1, 3)  # the fixed inputs' batch sizes (N(0, 1) images, seed 0)
+METADATA = 'export.json'
+
+
+def runtime_for(fmt: str) -> ModuleType:
+    """The module implementing ``fmt`` (``build``, ``load``, ``version``, ``PRECISIONS``, ``EXTRA``, ...)."""
+    if fmt not in _MODULES:
+        raise ValueError(f'format: expected one of {", ".join(FORMATS)}, got {fmt!r}')
+    return importlib.import_module(f'{__package__}.{_MODULES[fmt]}')
+
+
+def require_runtime(fmt: str) -> ModuleType:
+    """:func:`runtime_for`, raising ``MissingDependencyError`` naming the extra when a package it needs is absent."""
+    rt = runtime_for(fmt)
+    missing = [p for p in rt.PACKAGES if sys.modules.get(p, False) is None or importlib.util.find_spec(p) is None]
+    if missing:
+        raise MissingDependencyError(
+            f'--format {fmt} needs {", ".join(missing)} (not installed): pip install "timm-ghost[{rt.EXTRA}]"')
+    return rt
+
+
+@torch.no_grad()
+def export_form(model: nn.Module, fold: bool = True) -> nn.Module:
+    """A copy of ``model`` in eval mode, shaped for exporters and quantizers.
+
+    With ``fold`` a timm-ghost GhostNet becomes its deploy model (``timm.utils.reparameterize_model``: BatchNorm
+    folded, the Ghost bottleneck's first concat never built), then: weights stored contiguous (NCHW; the deploy model
+    keeps them channels_last for oneDNN, which XNNPACK's layout pass rejects) and the stem's channels_last copy
+    (:class:`~timm_ghost.deploy.ToChannelsLast`, there for the eager in-place ReLU) removed. Other models are copied
+    as they are. ``(N, 3, H, W)`` in, logits out, as ``model``.
+    """
+    from timm.utils import reparameterize_model
+
+    from ..ghostnet import GhostNet
+
+    out = copy.deepcopy(model).eval()
+    if not (fold and isinstance(out, GhostNet)):
+        return out
+    out = reparameterize_model(out)
+    for module in out.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(param.detach().contiguous(), requires_grad=False))
+        for name, child in list(module.named_children()):
+            if type(child).__name__ == 'ToChannelsLast' and type(child).__module__.startswith('timm_ghost.'):
+                setattr(module, name, nn.Identity())
+    return out
+
+
+def _data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:
+    from timm.data import resolve_data_config
+
+    args = {'input_size': (3, img_size, img_size)} if img_size else {}
+    return resolve_data_config(args, model=model)
+
+
+def _labels(model: nn.Module) -> Optional[List[str]]:
+    """The class names of the model's pretrained cfg, else ImageNet's where timm recognises the head, else None."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    names = cfg.get('label_names')
+    if names and len(names) == getattr(model, 'num_classes', len(names)):
+        return list(names)
+    subset = infer_imagenet_subset(model)
+    return list(ImageNetInfo(subset).label_names()) if subset else None
+
+
+def calibration_split(
+        root: PathLike, data_config: Dict[str, Any], calib_size: int, holdout_size: int,
+) -> Tuple[Any, List[int], List[int]]:
+    """``(dataset, calibration indices, held-out indices)`` of the ImageFolder ``root`` under timm's eval transform
+    for ``data_config``. The images are shuffled with seed 0; the first ``calib_size`` calibrate and up to
+    ``holdout_size`` of the rest are held out. A folder with ``calib_size`` images or fewer keeps a fifth (at least
+    one image) for the held-out check."""
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f'--calib {root}: no such folder (expected an ImageFolder: DIR/<class>/<image>)')
+    try:
+        dataset = ImageFolder(str(root), transform=create_transform(**data_config))
+    except FileNotFoundError:
+        raise ValueError(f'--calib {root}: no images found (expected an ImageFolder: DIR/<class>/<image>)') from None
+    n = len(dataset)
+    if n < 2:
+        raise ValueError(f'--calib {root}: {n} image found; calibration and the held-out check need at least 2')
+    if calib_size < 1:
+        raise ValueError(f'--calib-size: expected a positive number of images, got {calib_size}')
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    k = calib_size if n > calib_size else n - max(1, n // 5)
+    return dataset, order[:k], order[k:k + holdout_size]
+
+
+def _batches(dataset: Any, indices: Sequence[int], batch_size: int) -> List[torch.Tensor]:
+    from torch.utils.data import DataLoader, Subset
+
+    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False)
+    return [images for images, _ in loader]
+
+
+def _verification_inputs(input_size: Sequence[int]) -> List[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(n, *input_size, generator=gen) for n in VERIFY_BATCHES]
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote: the folder, its files and the metadata written to ``export.json``."""
+    out: Path
+    files: List[str]
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+
+def export_model(
+        model: nn.Module,
+        out: PathLike,
+        format: str = 'onnx',
+        precision: str = 'fp32',
+        *,
+        calib: Optional[PathLike] = None,
+        calib_size: int = 256,
+        holdout_size: int = 500,
+        min_agreement: float = 0.9,
+        img_size: Optional[int] = None,
+        fold: bool = True,
+        max_batch: int = 32,
+        force: bool = False,
+        model_name: Optional[str] = None,
+        weights_source: Optional[str] = None,
+        log: Callable[[str], None] = lambda msg: None,
+) -> ExportResult:
+    """Export ``model`` to ``out`` (a new or empty folder; replaced with ``force``) and verify it.
+
+    ``format``: ``onnx`` (ONNX Runtime), ``openvino`` (IR) or ``executorch`` (``.pte``, XNNPACK). ``precision``:
+    ``fp32`` (logits within ``FP32_ATOL`` of the eval-mode model at batch 1 and 3), ``bf16`` (OpenVINO on a CPU with
+    native bf16; max |diff| within ``BF16_RTOL`` of the largest |logit|) or ``int8`` (post-training static
+    quantization with the runtime's own tool, calibrated on ``calib_size`` images of the ImageFolder ``calib``; the
+    export must agree with the fp32 model's top-1 on at least ``min_agreement`` of up to ``holdout_size`` held-out
+    images). ``calib`` given for fp32 / bf16 adds the same held-out agreement to the report.
+
+    ``fold``: export a timm-ghost GhostNet's deploy form (:func:`export_form`). ``img_size``: input size (default:
+    the model's pretrained cfg). ``max_batch``: ExecuTorch's largest batch (ONNX and OpenVINO take any).
+    Raises ``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` for bad arguments, ``MissingDependencyError``
+    when the runtime is not installed, ``ExportError`` when the export fails or does not verify; nothing is left in
+    ``out`` then.
+    """
+    from .._io import atomic_output_dir, check_output_dir
+
+    rt = require_runtime(format)
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision: expected one of {", ".join(PRECISIONS)}, got {precision!r}')
+    if precision not in rt.PRECISIONS:
+        raise ValueError(f'--precision {precision}: {format} exports support {", ".join(rt.PRECISIONS)}')
+    if precision == 'bf16' and not rt.bf16_supported():
+        raise ValueError(f'--precision bf16: {rt.RUNTIME} reports no native bf16 on this CPU')
+    if precision == 'int8' and calib is None:
+        raise ValueError('--precision int8 needs --calib DIR (an ImageFolder of calibration images)')
+    if max_batch < max(VERIFY_BATCHES):
+        raise ValueError(f'max_batch: expected at least {max(VERIFY_BATCHES)}, got {max_batch}')
+    check_output_dir(out, force)
+    model = model.eval()
+    data_config = _data_config(model, img_size)
+    input_size = tuple(data_config['input_size'])
+    split = calibration_split(calib, data_config, calib_size, holdout_size) if calib is not None else None
+    name = model_name or (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+
+    log(f'preparing {name} ({"deploy form" if fold else "as given"}, {input_size[1]}x{input_size[2]} px)')
+    exportable = export_form(model, fold)
+    inputs = _verification_inputs(input_size)
+    with torch.no_grad():
+        references = [model(x).float() for x in inputs]
+    calib_batches = _batches(split[0], split[1], 8) if split and precision == 'int8' else None
+
+    with atomic_output_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix='timm-ghost-export-') as work:
+        log(f'exporting to {format} ({precision}) ...')
+        try:
+            files = rt.build(exportable, inputs[-1], tmp, Path(work), precision, calib_batches, max_batch)
+            run = rt.load(tmp, precision)
+        except Exception as e:  # any exporter / converter / quantizer failure becomes one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            raise ExportError(f'{format} {precision} export of {name} failed: {type(e).__name__}: {first}') from e
+        log('verifying with the runtime ...')
+        verification = _verify(run, inputs, references, precision)
+        if split is not None:
+            verification.update(_heldout_agreement(run, model, split, min(max_batch, 16)))
+        _check(verification, precision, min_agreement, format, name)
+        metadata = _metadata(
+            model, name, weights_source, data_config, format, rt, precision, files, fold, max_batch, calib,
+            split, verification)
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
+    log(f'wrote {out}: {", ".join(files)} + {METADATA}')
+    return ExportResult(Path(out).expanduser(), files + [METADATA], metadata)
+
+
+def _verify(run: Callable[[np.ndarray], np.ndarray], inputs: List[torch.Tensor], references: List[torch.Tensor],
+            precision: str) -> Dict[str, Any]:
+    diffs, agree, total, scale = {}, 0, 0, 0.0
+    for x, ref in zip(inputs, references):
+        got = torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32))
+        if got.shape != ref.shape:
+            return {'inputs': _INPUTS_TEXT, 'error': f'output shape {tuple(got.shape)} != {tuple(ref.shape)}'}
+        diffs[str(len(x))] = float((got - ref).abs().max())
+        agree += int((got.argmax(1) == ref.argmax(1)).sum())
+        total += len(x)
+        scale = max(scale, float(ref.abs().max()))
+    result: Dict[str, Any] = {
+        'inputs': _INPUTS_TEXT, 'max_abs_diff': diffs, 'fixed_input_top1_agreement': agree / total}
+    if precision == 'fp32':
+        result['tolerance'] = FP32_ATOL
+    elif precision == 'bf16':
+        result['tolerance'] = BF16_RTOL * scale
+        result['tolerance_rule'] = f'{BF16_RTOL} x max |logit| ({scale:.3g})'
+    return result
+
+
+_INPUTS_TEXT = f'N(0, 1) images, seed 0, batch sizes {" and ".join(map(str, VERIFY_BATCHES))}'
+
+
+@torch.no_grad()
+def _heldout_agreement(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, split: Tuple[Any, List[int],
+                       List[int]], batch_size: int) -> Dict[str, Any]:
+    dataset, _, heldout = split
+    agree = total = 0
+    for images in _batches(dataset, heldout, batch_size):
+        got = np.asarray(run(images.numpy())).argmax(1)
+        agree += int((torch.from_numpy(got) == model(images).argmax(1)).sum())
+        total += len(images)
+    return {'heldout_images': total, 'heldout_top1_agreement': agree / total if total else None}
+
+
+def _check(verification: Dict[str, Any], precision: str, min_agreement: float, fmt: str, name: str) -> None:
+    what = f'{fmt} {precision} export of {name} did not verify'
+    if 'error' in verification:
+        raise ExportError(f'{what}: {verification["error"]}')
+    if precision != 'int8':
+        worst = max(verification['max_abs_diff'].values())
+        if not worst <= verification['tolerance']:
+            raise ExportError(f'{what}: max |logit diff| {worst:.3g} > tolerance {verification["tolerance"]:.3g} '
+                              f'({verification["inputs"]})')
+    agreement = verification.get('heldout_top1_agreement')
+    if precision == 'int8' and agreement is not None and agreement < min_agreement:
+        raise ExportError(f'{what}: top-1 agreement with fp32 {agreement:.3f} on {verification["heldout_images"]} '
+                          f'held-out images < {min_agreement}')
+    verification['passed'] = True
+
+
+def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_config: Dict[str, Any], fmt: str,
+              rt: ModuleType, precision: str, files: List[str], fold: bool, max_batch: int,
+              calib: Optional[PathLike], split: Optional[Tuple[Any, List[int], List[int]]],
+              verification: Dict[str, Any]) -> Dict[str, Any]:
+    import timm
+
+    from .. import __version__
+    meta: Dict[str, Any] = {
+        'model': name,
+        'weights': weights_source,
+        'form': 'timm-ghost deploy (BN folded)' if fold and _is_ghostnet(model) else 'eval model as given',
+        'format': fmt,
+        'files': files,
+        'input_name': 'input',
+        'input_size': list(data_config['input_size']),
+        'batch': {'dynamic': True, 'max': max_batch if fmt == 'executorch' else None},
+        'mean': list(data_config['mean']),
+        'std': list(data_config['std']),
+        'interpolation': data_config['interpolation'],
+        'crop_pct': data_config['crop_pct'],
+        'crop_mode': data_config.get('crop_mode', 'center'),
+        'num_classes': getattr(model, 'num_classes', None),
+        'labels': _labels(model),
+        'runtime': {'name': rt.RUNTIME, 'version': rt.version()},
+        'precision': precision,
+        'verification': verification,
+        'created_with': {'torch': torch.__version__, 'timm': timm.__version__, 'timm_ghost': __version__},
+        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    }
+    if fmt == 'openvino':
+        meta['runtime']['compile_config'] = rt.compile_config(precision)
+    if precision == 'int8':
+        meta['quantization'] = {
+            'method': rt.QUANT_METHOD, 'calib_dir': str(calib), 'calib_images': len(split[1]),
+            'transform': 'timm eval transform of the data config above'}
+    return meta
+
+
+def _is_ghostnet(model: nn.Module) -> bool:
+    from ..ghostnet import GhostNet
+
+    return isinstance(model, GhostNet)
+
+
+def load_export(out: PathLike, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running the export in ``out`` on an ``(N, 3, H, W)`` float32 array (normalised as ``export.json``
+    says) and returning logits, with the runtime configured as when it was verified. ``threads``: intra-op threads."""
+    out = Path(out).expanduser()
+    try:
+        meta = json.loads((out / METADATA).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{out}: no {METADATA} (not a timm-ghost export folder)') from None
+    return require_runtime(meta['format']).load(out, meta['precision'], threads)

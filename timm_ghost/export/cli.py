@@ -1,0 +1,113 @@
+"""``timm-ghost export MODEL OUT --format onnx|openvino|executorch [--precision fp32|bf16|int8 --calib DIR]``."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional, Tuple
+
+import torch.nn as nn
+
+from .api import FORMATS, PRECISIONS
+
+_EPILOG = """runtime packages (optional extras, not installed with timm-ghost):
+  onnx        ONNX + ONNX Runtime       pip install "timm-ghost[onnx]"        (onnx, onnxscript, onnxruntime)
+  openvino    OpenVINO IR + NNCF        pip install "timm-ghost[openvino]"    (openvino, nncf)
+  executorch  ExecuTorch .pte, XNNPACK  pip install "timm-ghost[executorch]"  (executorch)
+  all three:                            pip install "timm-ghost[export]"
+
+precisions: fp32 (every format; logits verified within 1e-4 of the eval-mode model at batch 1 and 3),
+bf16 (openvino on CPUs with native bf16; within 5% of the largest logit), int8 (every format; needs --calib,
+static post-training quantization with the runtime's own tool, top-1 agreement with fp32 checked on held-out
+images of --calib). OUT gets the artifact and export.json (preprocessing, labels, runtime, verification)."""
+
+
+def load_model(model_name: str, weights: Optional[str] = None, tag: Optional[str] = None) -> Tuple[nn.Module, str]:
+    """An eval-mode model with weights, and where they came from, as ``timm-ghost predict`` takes them."""
+    try:
+        from ..predict import load_model as predict_load_model
+    except ImportError:
+        predict_load_model = None
+    if predict_load_model is not None:
+        return predict_load_model(model_name, weights=weights, tag=tag)
+    return _load_model_interim(model_name, weights, tag)
+
+
+def _load_model_interim(model_name: str, weights: Optional[str], tag: Optional[str]) -> Tuple[nn.Module, str]:
+    from pathlib import Path
+
+    import timm
+
+    from .. import ghostnet  # noqa: F401  (registers our ghostnet_* in timm)
+
+    name = f'{model_name}.{tag}' if tag else model_name
+    if weights is None:
+        return timm.create_model(name, pretrained=True).eval(), name
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        return timm.create_model(f'local-dir:{path}', pretrained=True).eval(), f'local-dir:{path}'
+    if not path.is_file():
+        raise FileNotFoundError(f'--weights: no such file or folder: {weights}')
+    kwargs: dict = {}
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+
+        with safe_open(str(path), 'pt') as f:
+            if 'classifier.weight' in f.keys():
+                kwargs['num_classes'] = f.get_slice('classifier.weight').get_shape()[0]
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    return model.eval(), str(path)
+
+
+def _cmd_export(args: Any) -> int:
+    from .._io import check_output_dir
+    from ..cli import CommandError
+    from ..errors import TimmGhostError
+    from .api import export_model, require_runtime
+
+    try:
+        require_runtime(args.format)  # before loading weights: a missing extra is the first thing to say
+        check_output_dir(args.out, args.force)
+        model, source = load_model(args.model, args.weights, args.tag)
+        result = export_model(
+            model, args.out, args.format, args.precision, calib=args.calib, calib_size=args.calib_size,
+            min_agreement=args.min_agreement, img_size=args.img_size, fold=not args.no_fold,
+            max_batch=args.max_batch, force=args.force, model_name=args.model, weights_source=source, log=print)
+    except (TimmGhostError, ImportError) as e:
+        raise CommandError(str(e)) from e
+    v = result.metadata['verification']
+    if 'max_abs_diff' in v:
+        print('max |logit diff| vs eval-mode PyTorch: ' + ', '.join(
+            f'batch {b}: {d:.2e}' for b, d in v['max_abs_diff'].items()) + (
+            f' (tolerance {v["tolerance"]:.2g})' if 'tolerance' in v else ''))
+    if v.get('heldout_top1_agreement') is not None:
+        print(f'top-1 agreement with fp32 on {v["heldout_images"]} held-out images: '
+              f'{100 * v["heldout_top1_agreement"]:.1f} %')
+    return 0
+
+
+def register_cli(sub: Any) -> None:
+    """Add ``timm-ghost export``."""
+    p = sub.add_parser(
+        'export', help='export to ONNX Runtime, OpenVINO or ExecuTorch (fp32, bf16, int8), verified',
+        description='Export the BN-folded deploy model to a runtime, check the artifact against the eval-mode '
+                    'PyTorch model with that runtime, and only then write it into OUT.',
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('model', metavar='MODEL',
+                   help='ghostnet_050 / ghostnet_100 / ghostnet_130 (with --tag or --weights), or hf-hub:ID / '
+                        'local-dir:PATH')
+    p.add_argument('out', metavar='OUT', help='output folder (new or empty; see --force)')
+    p.add_argument('--format', required=True, choices=FORMATS, help='target runtime')
+    p.add_argument('--precision', default='fp32', choices=PRECISIONS, help='default fp32')
+    p.add_argument('--tag', default=None, help='pretrained tag of MODEL (e.g. in1k)')
+    p.add_argument('--weights', '--checkpoint', dest='weights', default=None, metavar='PATH',
+                   help='local weights: a .safetensors / .pth file, or a folder with model.safetensors + config.json')
+    p.add_argument('--calib', default=None, metavar='DIR',
+                   help='ImageFolder of calibration images (needed for int8; for fp32 / bf16 it adds a held-out '
+                        'top-1 agreement check)')
+    p.add_argument('--calib-size', type=int, default=256, metavar='N', help='calibration images (default 256)')
+    p.add_argument('--min-agreement', type=float, default=0.9,
+                   help='int8: least top-1 agreement with fp32 on held-out images (default 0.9)')
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained cfg)")
+    p.add_argument('--max-batch', type=int, default=32, help='executorch: largest batch size (default 32)')
+    p.add_argument('--no-fold', action='store_true', help='export the eval model as it is, not the deploy form')
+    p.add_argument('--force', action='store_true', help='replace a non-empty OUT')
+    p.set_defaults(func=_cmd_export)
