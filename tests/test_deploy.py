@@ -298,6 +298,19 @@ def test_blocks_outside_ghostnets_structure_fold_in_place():
         assert _max_diff(fused(x), ref) <= TOL
 
 
+def test_blocks_without_a_registered_form_fold_in_place():
+    class Bottleneck(GhostBottleneck):  # a subclass may compute something else: the deploy form is not assumed
+        pass
+
+    net = randomize_(nn.Sequential(Bottleneck(16, 48, 24, 3, stride=2, se_ratio=0.25))).eval()
+    x = torch.randn(2, 16, 20, 20)
+    with torch.no_grad():
+        ref = net(x)
+        fused = reparameterize_model(net)
+        assert type(fused[0]) is Bottleneck and _norm_count(fused) == 0
+        assert _max_diff(fused(x), ref) <= TOL
+
+
 def test_fx_feature_extraction_traces_the_portable_path(pair050):
     from timm.models import create_feature_extractor
     model, fused = pair050

@@ -1,8 +1,10 @@
 """GhostNet v1 in timm's registry: registration, architecture, weight compatibility with timm's built-in."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -116,3 +118,34 @@ def test_original_authors_checkpoint_layout_loads(name, tmp_path):
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
     with torch.no_grad():
         assert (model(X64) - reference(X64)).abs().max().item() <= 1e-5
+
+
+def _imports(module: str) -> set:
+    """The modules ``timm_ghost/<module>.py`` imports (relative ones as ``.name``) and the ``torch.ops`` it touches."""
+    tree = ast.parse((Path(timm_ghost.__file__).parent / f'{module}.py').read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = '.' * node.level + (node.module or '')
+            names.add(base)
+            if node.module is None:  # from . import name
+                names.update(f'.{alias.name}' for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'torch':
+            if node.attr == 'ops':
+                names.add('torch.ops')
+    return names
+
+
+def test_layers_depend_one_way_and_private_names_go_through_compat():
+    model_modules = ('fold', 'blocks', 'deploy', 'ghostnet')
+    imports = {m: _imports(m) for m in model_modules}
+    assert imports['fold'].isdisjoint({'.blocks', '.deploy', '.ghostnet'})
+    assert imports['blocks'].isdisjoint({'.deploy', '.ghostnet'}) and '.fold' in imports['blocks']
+    assert {'.blocks', '.fold', '._compat'} <= imports['deploy'] and '.ghostnet' not in imports['deploy']
+    assert '.deploy' not in imports['ghostnet']
+    for module, names in imports.items():
+        private = sorted(n for n in names - {'__future__', '._compat'} if n == 'torch.ops' or any(
+            part.startswith('_') for part in n.lstrip('.').split('.')))
+        assert not private, f'timm_ghost/{module}.py reaches private names outside _compat: {private}'
