@@ -20,21 +20,18 @@ Private timm / huggingface_hub names are reached only through :mod:`timm_ghost._
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
-import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.models import PretrainedCfg, list_pretrained, resolve_pretrained_cfg
 
-from . import _compat, paddle
-from ._io import atomic_output_file
+from . import _compat, _http, paddle
+from ._http import sha256_file
 from .errors import PretrainedWeightsError
 
 __all__ = [
@@ -48,11 +45,8 @@ SAFE_WEIGHTS_NAME = 'model.safetensors'
 PICKLE_WEIGHTS_NAMES = ('pytorch_model.bin', 'model.pth', 'pytorch_model.pth')
 # keys written by the thop profiler into some of the authors' checkpoints
 _PROFILER_KEYS = ('total_ops', 'total_params')
-_PROBE_TRIES = 2
-_PROBE_PAUSE = 0.5  # seconds between the tries; 2 * HF_HUB_ETAG_TIMEOUT + 0.5 s leaves room for the rest of the call
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 _COMMIT_HASH = re.compile(r'[0-9a-f]{40}')
-_T = TypeVar('_T')
 
 
 def _pretrained_tags(variant: str) -> list:
@@ -168,7 +162,7 @@ def download_safetensors(
                     return _verified(Path(cached), where, filename)
                 raise PretrainedWeightsError(
                     f'could not reach Hub repository {where} (file {filename}) at {constants.ENDPOINT} after '
-                    f'{_PROBE_TRIES} tries: {probe_error}. No cached copy; check the connection, HF_ENDPOINT, or '
+                    f'{_http.PROBE_TRIES} tries: {probe_error}. No cached copy; check the connection, HF_ENDPOINT, or '
                     f'raise HF_HUB_ETAG_TIMEOUT (now {constants.HF_HUB_ETAG_TIMEOUT} s)')
         path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
     except PretrainedWeightsError:
@@ -204,7 +198,7 @@ def download_safetensors(
                 f'model.safetensors') from e
         raise PretrainedWeightsError(f'file {filename} not found in Hub repository {where}') from e
     except Exception as e:  # connection refused, timeouts, 5xx, a transfer cut short: one line, the cause chained
-        if _is_timeout(e):
+        if _http.is_timeout(e):
             raise PretrainedWeightsError(
                 f'the transfer of {filename} from Hub repository {where} stopped: no data within '
                 f'HF_HUB_DOWNLOAD_TIMEOUT={constants.HF_HUB_DOWNLOAD_TIMEOUT} s, nor after huggingface_hub\'s resume '
@@ -216,48 +210,20 @@ def download_safetensors(
 
 
 def _probe(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str]:
-    """One HEAD on the file's resolve URL, tried ``_PROBE_TRIES`` times, each given at most ``HF_HUB_ETAG_TIMEOUT``
-    seconds of wall-clock time.
-
-    The wall-clock bound matters: before its first request huggingface_hub may make others of its own (its agent
-    registry, fetched with a fixed 3 s timeout once a day unless ``HF_HUB_DISABLE_TELEMETRY``), and a socket timeout
-    bounds each read, not the request. A try that runs out of time is left to finish in a daemon thread.
-
-    Returns None when the server answered (the file's metadata or a 4xx that ``hf_hub_download`` will turn into the
-    right error), else a description of the last connection / timeout / 5xx failure.
-    """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    """One bounded HEAD on the file's resolve URL (:func:`timm_ghost._http.probe`). Returns None when the server
+    answered (the file's metadata, or a 4xx that ``hf_hub_download`` will turn into the right error), else a
+    description of the last connection / timeout / 5xx failure."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
     url = hf_hub_url(repo_id, filename, revision=revision)
-    timeout = constants.HF_HUB_ETAG_TIMEOUT
-    no_answer = f'no answer within HF_HUB_ETAG_TIMEOUT={timeout} s'
-    error = None
-    for attempt in range(_PROBE_TRIES):
-        if attempt:
-            time.sleep(_PROBE_PAUSE)
-        try:
-            _within(timeout, lambda: get_hf_file_metadata(url, timeout=timeout))
-            return None
-        except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            if status is not None and status < 500 and status != 429:
-                return None  # 401/404...: a definite answer, raised with its meaning by hf_hub_download
-            error = f'HTTP {status}'
-        except Exception as e:  # httpx / httpx2 (by huggingface_hub version) transport errors, by class name
-            if _is_timeout(e):
-                error = no_answer
-            elif 'TransportError' in {c.__name__ for c in type(e).__mro__} or isinstance(e, OSError):
-                error = f'{type(e).__name__}: {e}'
-            else:
-                raise
-    return error
-
-
-def _is_timeout(e: BaseException) -> bool:
-    """Whether ``e`` is a timeout: ``TimeoutError`` or httpx's / httpx2's ``TimeoutException`` (by class name, as the
-    HTTP package differs between huggingface_hub versions)."""
-    return isinstance(e, TimeoutError) or 'TimeoutException' in {c.__name__ for c in type(e).__mro__}
+    try:
+        _http.probe(lambda timeout: get_hf_file_metadata(url, timeout=timeout))
+    except HfHubHTTPError:
+        return None  # 401/404...: a definite answer, raised with its meaning by hf_hub_download
+    except _http.Unreachable as e:
+        return str(e)
+    return None
 
 
 def _auth_hint() -> str:
@@ -272,39 +238,9 @@ def _auth_hint() -> str:
     return 'no token was sent; log in with `hf auth login` or set HF_TOKEN to a token of an account with access'
 
 
-def _within(seconds: float, fn: Callable[[], _T]) -> _T:
-    """``fn()``, or ``TimeoutError`` once ``seconds`` of wall-clock time have passed (``fn`` then runs on, unwaited,
-    in a daemon thread: it must have timeouts of its own)."""
-    outcome: Dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome['value'] = fn()
-        except BaseException as e:  # handed to the caller
-            outcome['error'] = e
-
-    thread = threading.Thread(target=run, name='timm-ghost-hub-probe', daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f'no answer within {seconds} s')
-    if 'error' in outcome:
-        raise outcome['error']
-    return outcome['value']
-
-
 def _cause(e: BaseException) -> str:
     cause = e.__cause__ or e.__context__
     return f'{type(cause).__name__}: {cause}' if cause is not None else str(e)
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verified(path: Path, where: str, filename: str) -> Path:
@@ -342,7 +278,7 @@ def url_cache_path(url: str) -> Path:
     ``checkpoints``, as timm's own URL downloads), in a subfolder named by the URL's hash, since many URLs end in the
     same ``model.safetensors``."""
     name = os.path.basename(url.split('?')[0])
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    key = _http.url_key(url)
     return Path(torch.hub.get_dir()) / 'checkpoints' / 'timm_ghost' / key / name
 
 
@@ -355,13 +291,7 @@ def _download_url(url: str) -> Path:
     target = url_cache_path(url)
     if target.is_file():
         return target
-    http_get = _compat.http_get()
-    try:
-        with atomic_output_file(target) as tmp, open(tmp, 'wb') as f:
-            http_get(url, f, displayed_filename=target.name)
-    except Exception as e:
-        raise PretrainedWeightsError(f'could not download {url}: {type(e).__name__}: {e}') from e
-    return target
+    return _http.download(url, target)
 
 
 def _local_dir_weights(folder: Path) -> Path:

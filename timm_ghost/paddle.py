@@ -22,20 +22,19 @@ download's sha256; later loads read only that file, offline too.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import pickle
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from . import _http
 from ._io import atomic_output_file
 from .errors import ConversionError, PretrainedWeightsError
 
@@ -54,7 +53,6 @@ PADDLE_BN_EPS = 1e-5  # paddle.nn.BatchNorm's default epsilon, used by every Pad
 CONVERTER_VERSION = '1'
 _CONVERTER = f'timm_ghost.paddle {CONVERTER_VERSION}'  # recorded in each cached file
 _CACHE_SUBDIR = 'timm_ghost_paddle'
-_PROBE_TRIES = 2
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 
 
@@ -379,7 +377,7 @@ def _entry_dir(url: str, cache_dir: Optional[Union[str, os.PathLike]]) -> Path:
     stem = os.path.basename(url.split('?')[0])
     stem = stem[:-len(PADDLE_SUFFIX)] if stem.lower().endswith(PADDLE_SUFFIX) else stem
     stem = re.sub(r'[^A-Za-z0-9_.-]', '_', stem)[:80] or 'weights'
-    return paddle_cache_dir(cache_dir) / f'{stem}-{hashlib.sha256(url.encode()).hexdigest()[:16]}'
+    return paddle_cache_dir(cache_dir) / f'{stem}-{_http.url_key(url)}'
 
 
 def cached_paddle_weights(url: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Optional[Path]:
@@ -406,35 +404,20 @@ def cached_paddle_weights(url: str, cache_dir: Optional[Union[str, os.PathLike]]
 
 
 def _probe(url: str) -> Optional[int]:
-    """One bounded HEAD request (``HF_HUB_ETAG_TIMEOUT`` s, ``_PROBE_TRIES`` tries): the file's size, or None when the
+    """One bounded HEAD request (:func:`timm_ghost._http.probe`; no Hub token sent): the file's size, or None when the
     server does not say. Raises PretrainedWeightsError naming the URL for an error status or no answer."""
-    from huggingface_hub import constants, get_session
+    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
 
-    error = ''
-    for attempt in range(_PROBE_TRIES):
-        if attempt:
-            time.sleep(1.0)
-        try:
-            response = get_session().head(url, timeout=constants.HF_HUB_ETAG_TIMEOUT, follow_redirects=True)
-        except Exception as e:  # httpx / httpx2 (by huggingface_hub version) transport errors, by class name
-            kinds = {c.__name__ for c in type(e).__mro__}
-            if 'TimeoutException' in kinds or isinstance(e, TimeoutError):
-                error = f'no answer within HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s'
-            elif 'TransportError' in kinds or isinstance(e, OSError):
-                error = f'{type(e).__name__}: {e}'
-            else:
-                raise
-            continue
-        if response.status_code >= 500 or response.status_code == 429:
-            error = f'HTTP {response.status_code}'
-            continue
-        if response.status_code >= 400:
-            raise PretrainedWeightsError(f'could not download {url}: HTTP {response.status_code}')
-        length = response.headers.get('Content-Length')
-        return int(length) if length and length.isdigit() else None
-    raise PretrainedWeightsError(
-        f'could not reach {url} after {_PROBE_TRIES} tries: {error}. Check the connection, or raise '
-        f'HF_HUB_ETAG_TIMEOUT (now {constants.HF_HUB_ETAG_TIMEOUT} s)')
+    try:
+        metadata = _http.probe(lambda timeout: get_hf_file_metadata(url, timeout=timeout, token=False))
+    except HfHubHTTPError as e:
+        raise PretrainedWeightsError(f'could not download {url}: HTTP {e.response.status_code}') from e
+    except _http.Unreachable as e:
+        raise PretrainedWeightsError(
+            f'could not reach {url} after {_http.PROBE_TRIES} tries: {e}. Check the connection, or raise '
+            f'HF_HUB_ETAG_TIMEOUT (now {constants.HF_HUB_ETAG_TIMEOUT} s)') from e
+    return metadata.size
 
 
 def download_paddle_weights(url: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
@@ -454,9 +437,6 @@ def download_paddle_weights(url: str, cache_dir: Optional[Union[str, os.PathLike
     from huggingface_hub import constants
     from safetensors.torch import save_file
 
-    from ._compat import http_get
-    from .hub import sha256_file
-
     cached = cached_paddle_weights(url, cache_dir)
     if cached is not None:
         return cached
@@ -465,28 +445,20 @@ def download_paddle_weights(url: str, cache_dir: Optional[Union[str, os.PathLike
         raise PretrainedWeightsError(
             f'{url} is not in the cache ({entry.parent}) and HF_HUB_OFFLINE is set; load it once online')
     expected_size = _probe(url)
+    name = os.path.basename(url.split('?')[0]) or 'weights.pdparams'
     entry.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=entry, prefix='.download.', suffix='.incomplete')
-    tmp = Path(tmp_name)
     try:
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                http_get()(url, f, expected_size=expected_size, displayed_filename=os.path.basename(url.split('?')[0]))
-        except Exception as e:  # timeouts, refused connections, a transfer cut short: one line, cause chained
-            raise PretrainedWeightsError(
-                f'could not download {url}: {type(e).__name__}: {(str(e).splitlines() or [""])[0]}; nothing was '
-                f'cached') from e
-        sha256 = sha256_file(tmp)
-        tensors = load_pdparams(tmp, source=url)
+        with tempfile.TemporaryDirectory(dir=entry, prefix='.download.') as folder:  # the raw pickle never stays
+            raw = _http.download(url, Path(folder) / name, expected_size=expected_size)
+            sha256 = _http.sha256_file(raw)
+            tensors = load_pdparams(raw, source=url)
         target = entry / f'{sha256}.safetensors'
         with atomic_output_file(target) as out:
             save_file(tensors, str(out), metadata={
-                'format': 'pt', 'source_url': url, 'source_sha256': sha256,
-                'converter': _CONVERTER})
+                'format': 'pt', 'source_url': url, 'source_sha256': sha256, 'converter': _CONVERTER})
         _logger.info(f'{url} (sha256 {sha256}) converted to {target}')
         return target
     finally:
-        tmp.unlink(missing_ok=True)
         try:
             entry.rmdir()  # only when empty: a failed first download leaves no folder behind
         except OSError:

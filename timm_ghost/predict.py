@@ -26,6 +26,22 @@ _WEIGHTS_HELP = ('pass --weights FILE|FOLDER (a .safetensors / .pth file, or a f
                  'config.json such as `timm-ghost demo` writes)')
 
 
+def _where_from(name: str) -> str:
+    """How the weights of pretrained tag ``name`` are fetched and where they are cached, for an error message."""
+    import timm
+
+    from .hub import cache_dir, url_cache_path
+    from .paddle import is_pdparams, paddle_cache_dir
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and not cfg.hf_hub_id and cfg.url:
+        folder = paddle_cache_dir() if is_pdparams(cfg.url) else url_cache_path(cfg.url).parent
+        return (f'load it once with a network connection (from {cfg.url}; converted and cached in {folder}, which '
+                f'HF_HUB_OFFLINE=1 then reads)')
+    return (f'connect once to the Hugging Face Hub (downloads are cached in {cache_dir()}, which HF_HUB_OFFLINE=1 '
+            f'then reads)')
+
+
 def _tensor_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
     """``{name: shape}`` of the tensors in a local weights file (safetensors: header only; torch pickles: loaded with
     ``weights_only=True``); empty for other formats."""
@@ -140,10 +156,8 @@ def load_model(
         try:
             return timm.create_model(name, pretrained=True).eval(), f'{name} pretrained'
         except PretrainedWeightsError as e:
-            from .hub import cache_dir
             raise PretrainedWeightsError(
-                f'no weights for {name}: {str(e).rstrip(".")}. To get them: connect once to the Hugging Face Hub '
-                f'(downloads are cached in {cache_dir()}, which HF_HUB_OFFLINE=1 then reads), or {_WEIGHTS_HELP}'
+                f'no weights for {name}: {str(e).rstrip(".")}. To get them: {_where_from(name)}, or {_WEIGHTS_HELP}'
             ) from e
     path = Path(weights).expanduser()
     if path.is_dir():

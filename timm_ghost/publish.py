@@ -22,7 +22,7 @@ import torch
 from . import _compat, paddle
 from ._io import atomic_output_dir, check_output_dir
 from .errors import ConversionError
-from .hub import sha256_file
+from ._http import sha256_file
 
 __all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'HUB_FILES', 'CITATION']
 
