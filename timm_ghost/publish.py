@@ -20,9 +20,9 @@ from typing import Any, Dict, Optional
 import torch
 
 from . import _compat, paddle
+from ._http import sha256_file
 from ._io import atomic_output_dir, check_output_dir
 from .errors import ConversionError
-from ._http import sha256_file
 
 __all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'HUB_FILES', 'CITATION']
 
