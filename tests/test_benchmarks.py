@@ -67,8 +67,8 @@ def test_inference_short_run_writes_every_row(results):
         assert r['gflops'] > 0 and 0 < r['peak_share'] < 1 and r['ratio_to_builtin'] > 0
         assert r['page_fault_mb_per_call'] >= 0
     base = rows['builtin']['p50_ms']
-    for r in rows.values():  # each ratio is the built-in's p50 over the row's, as the table header says
-        assert r['ratio_to_builtin'] == pytest.approx(base / r['p50_ms'], abs=1e-3)
+    for r in rows.values():  # each ratio is the built-in's p50 over the row's (both rounded in the JSON: 1 % slack)
+        assert r['ratio_to_builtin'] == pytest.approx(base / r['p50_ms'], rel=0.01)
     # each row's MACs are counted on its own module: the folded and split forms do the built-in's multiply-adds
     macs = count_macs(builtin_model('ghostnet_100'), 64)
     assert macs == 15_203_072  # ghostnet_100 at 64 px (141,150,512 at 224 px)

@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     'timm_ghost.recipes',  # recipe
     'timm_ghost.predict',  # predict
     'timm_ghost.publish',  # convert, push
+    'timm_ghost.export',  # export
 )
 _USER_ERRORS = (TimmGhostError, ValueError, OSError)
 
