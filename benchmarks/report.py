@@ -21,6 +21,7 @@ RESULTS = Path(__file__).resolve().parent / 'results'
 START, END = '<!-- benchmark-tables:start -->', '<!-- benchmark-tables:end -->'
 MARKERS = (START, END)
 SUMMARY_MARKERS = ('<!-- benchmark-summary:start -->', '<!-- benchmark-summary:end -->')
+EXPORT_MARKERS = ('<!-- export-tables:start -->', '<!-- export-tables:end -->')
 
 
 def load(path: Path, kind: str) -> Dict[str, Any]:
@@ -113,6 +114,44 @@ def summary(inference: Dict[str, Any], train: Dict[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def export_tables(speed: Dict[str, Any], digits: Optional[Dict[str, Any]]) -> str:
+    """docs/export.md's tables: every export route's speed (bench_export.py) and the digits int8 accuracy."""
+    m, v, s = speed['machine'], speed['versions'], speed['settings']
+    short = ' **(short smoke run: not a measurement)**' if speed.get('short') else ''
+    lines = [
+        f'{s["model"]}, {s["img_size"]} px, {s["threads"]} threads on {m["cpu_model"]} ({m["physical_cores"]} cores, '
+        f'{", ".join(k for k, on in m["flags"].items() if on)}); torch {v["torch"]}, onnxruntime {v["onnxruntime"]}, '
+        f'openvino {v["openvino"]}, nncf {v["nncf"]}, executorch {v["executorch"]}; {speed["created"][:10]}, 1-min '
+        f'load average {m["loadavg_at_start"][0]:g} -> {m.get("loadavg_at_end", ["?"])[0]}{short}. Int8 calibrated '
+        f'on {s["calib_size"]} digits images; random weights (the same in both models).',
+        '',
+        '| batch | route | precision | img/s | p50 ms | vs built-in eager | top-1 = built-in eager |',
+        '|---:|---|---|---:|---:|---:|---:|',
+    ]
+    for r in speed['results']:
+        lines.append(f'| {r["batch"]} | {r["label"]} | {r["precision"]} | {r["img_per_s"]:.1f} | {r["p50_ms"]:.2f} '
+                     f'| {r["ratio_to_builtin_eager"]:.2f}x | {100 * r["top1_agreement_with_builtin_eager"]:.0f} % |')
+    goals = speed['summary']
+    lines += ['', '| batch | fastest int8 route | fastest fp32 route | int8 / fp32 (goal >= 1.3x) |',
+              '|---:|---|---|---:|']
+    lines += [f'| {g["batch"]} | {g["fastest_int8"]} | {g["fastest_fp32"]} | {g["ratio"]:.2f}x |'
+              for g in goals['int8_vs_fp32']]
+    lines += ['', '| batch | runtime | precision | deploy export / built-in export (goal >= 1.0x) |',
+              '|---:|---|---|---:|']
+    lines += [f'| {g["batch"]} | {g["format"]} | {g["precision"]} | {g["ratio"]:.2f}x |'
+              for g in goals['deploy_vs_builtin_export']]
+    if digits is not None:
+        lines += ['', f'Digits validation top-1 ({digits["val_images"]} images; int8 calibrated on '
+                      f'{digits["calib_images"]} images of the training split; {digits["created"][:10]}):', '',
+                  '| route | precision | top-1 % | drop vs eager (points) | top-1 agreement with fp32 (held-out) |',
+                  '|---|---|---:|---:|---:|']
+        for r in digits['results']:
+            agree = r.get('heldout_top1_agreement')
+            lines.append(f'| {r["route"]} | {r["precision"]} | {r["top1"]:.2f} | {r.get("drop_vs_eager", 0):.2f} '
+                         f'| {"-" if agree is None else f"{100 * agree:.1f} %"} |')
+    return '\n'.join(lines) + '\n'
+
+
 def write_between_markers(path: Path, text: str, markers: Tuple[str, str] = MARKERS) -> None:
     """Replace what lies between the two ``markers`` lines of ``path`` with ``text`` (atomically, mode kept)."""
     start, end = markers
@@ -132,8 +171,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--write', type=Path, help=f'Markdown file whose {START} ... {END} section gets the tables')
     p.add_argument('--summary', type=Path,
                    help=f'Markdown file whose {SUMMARY_MARKERS[0]} ... {SUMMARY_MARKERS[1]} section gets the summary')
+    p.add_argument('--export-doc', type=Path,
+                   help=f'Markdown file whose {EXPORT_MARKERS[0]} ... {EXPORT_MARKERS[1]} section gets the export '
+                        'tables (from results/export.json and results/export_digits.json)')
     args = p.parse_args(argv)
     try:
+        if args.export_doc:
+            digits = RESULTS / 'export_digits.json'
+            text = export_tables(load(RESULTS / 'export.json', 'export'),
+                                 load(digits, 'export_digits') if digits.exists() else None)
+            write_between_markers(args.export_doc, text, EXPORT_MARKERS)
+            print(text, end='')
+            return 0
         inference, train = load(args.inference, 'inference'), load(args.train, 'train')
         text = render(inference, train)
         if args.write:

@@ -66,6 +66,8 @@ def load(out: Path, precision: str, threads: Optional[int] = None) -> Callable[[
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    # idle worker threads spinning on the cores would slow whatever else runs there (other models, other jobs)
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -6,7 +6,6 @@ against the eval-mode PyTorch model, writes ``export.json`` beside it and only t
 """
 from __future__ import annotations
 
-import copy
 import datetime
 import importlib
 import importlib.util
@@ -24,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ExportError, MissingDependencyError
+from .form import export_form
 
 __all__ = [
     'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'ExportResult', 'export_model', 'load_export', 'export_form',
@@ -55,33 +55,6 @@ def require_runtime(fmt: str) -> ModuleType:
         raise MissingDependencyError(
             f'--format {fmt} needs {", ".join(missing)} (not installed): pip install "timm-ghost[{rt.EXTRA}]"')
     return rt
-
-
-@torch.no_grad()
-def export_form(model: nn.Module, fold: bool = True) -> nn.Module:
-    """A copy of ``model`` in eval mode, shaped for exporters and quantizers.
-
-    With ``fold`` a timm-ghost GhostNet becomes its deploy model (``timm.utils.reparameterize_model``: BatchNorm
-    folded, the Ghost bottleneck's first concat never built), then: weights stored contiguous (NCHW; the deploy model
-    keeps them channels_last for oneDNN, which XNNPACK's layout pass rejects) and the stem's channels_last copy
-    (:class:`~timm_ghost.deploy.ToChannelsLast`, there for the eager in-place ReLU) removed. Other models are copied
-    as they are. ``(N, 3, H, W)`` in, logits out, as ``model``.
-    """
-    from timm.utils import reparameterize_model
-
-    from ..ghostnet import GhostNet
-
-    out = copy.deepcopy(model).eval()
-    if not (fold and isinstance(out, GhostNet)):
-        return out
-    out = reparameterize_model(out)
-    for module in out.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            setattr(module, name, nn.Parameter(param.detach().contiguous(), requires_grad=False))
-        for name, child in list(module.named_children()):
-            if type(child).__name__ == 'ToChannelsLast' and type(child).__module__.startswith('timm_ghost.'):
-                setattr(module, name, nn.Identity())
-    return out
 
 
 def _data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional, Tuple
-
-import torch.nn as nn
+from typing import Any
 
 from .api import FORMATS, PRECISIONS
 
@@ -20,59 +18,18 @@ static post-training quantization with the runtime's own tool, top-1 agreement w
 images of --calib). OUT gets the artifact and export.json (preprocessing, labels, runtime, verification)."""
 
 
-def load_model(model_name: str, weights: Optional[str] = None, tag: Optional[str] = None) -> Tuple[nn.Module, str]:
-    """An eval-mode model with weights, and where they came from, as ``timm-ghost predict`` takes them."""
-    try:
-        from ..predict import load_model as predict_load_model
-    except ImportError:
-        predict_load_model = None
-    if predict_load_model is not None:
-        return predict_load_model(model_name, weights=weights, tag=tag)
-    return _load_model_interim(model_name, weights, tag)
-
-
-def _load_model_interim(model_name: str, weights: Optional[str], tag: Optional[str]) -> Tuple[nn.Module, str]:
-    from pathlib import Path
-
-    import timm
-
-    from .. import ghostnet  # noqa: F401  (registers our ghostnet_* in timm)
-
-    name = f'{model_name}.{tag}' if tag else model_name
-    if weights is None:
-        return timm.create_model(name, pretrained=True).eval(), name
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        return timm.create_model(f'local-dir:{path}', pretrained=True).eval(), f'local-dir:{path}'
-    if not path.is_file():
-        raise FileNotFoundError(f'--weights: no such file or folder: {weights}')
-    kwargs: dict = {}
-    if path.suffix == '.safetensors':
-        from safetensors import safe_open
-
-        with safe_open(str(path), 'pt') as f:
-            if 'classifier.weight' in f.keys():
-                kwargs['num_classes'] = f.get_slice('classifier.weight').get_shape()[0]
-    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-    return model.eval(), str(path)
-
-
 def _cmd_export(args: Any) -> int:
     from .._io import check_output_dir
-    from ..cli import CommandError
-    from ..errors import TimmGhostError
+    from ..predict import load_model
     from .api import export_model, require_runtime
 
-    try:
-        require_runtime(args.format)  # before loading weights: a missing extra is the first thing to say
-        check_output_dir(args.out, args.force)
-        model, source = load_model(args.model, args.weights, args.tag)
-        result = export_model(
-            model, args.out, args.format, args.precision, calib=args.calib, calib_size=args.calib_size,
-            min_agreement=args.min_agreement, img_size=args.img_size, fold=not args.no_fold,
-            max_batch=args.max_batch, force=args.force, model_name=args.model, weights_source=source, log=print)
-    except (TimmGhostError, ImportError) as e:
-        raise CommandError(str(e)) from e
+    require_runtime(args.format)  # before loading weights: a missing extra is the first thing to say
+    check_output_dir(args.out, args.force)
+    model, source = load_model(args.model, args.weights, args.tag)
+    result = export_model(
+        model, args.out, args.format, args.precision, calib=args.calib, calib_size=args.calib_size,
+        min_agreement=args.min_agreement, img_size=args.img_size, fold=not args.no_fold,
+        max_batch=args.max_batch, force=args.force, model_name=args.model, weights_source=source, log=print)
     v = result.metadata['verification']
     if 'max_abs_diff' in v:
         print('max |logit diff| vs eval-mode PyTorch: ' + ', '.join(
