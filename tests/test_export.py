@@ -59,6 +59,23 @@ def test_export_form_is_the_deploy_model_with_nchw_weights(model):
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0  # the input model is untouched
 
 
+def test_executorch_takes_the_export_form_in_one_delegate(model):
+    """The SE gate per half and 4-D: XNNPACK takes the network whole (plus the classifier after the flatten); with the
+    deploy block's 2-D mean, concat and slices, 14 means and 14 slices ran outside it, between 16 delegates."""
+    _runtime('executorch')
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from timm_ghost.export._executorch import _export
+
+    program = _export(export_form(model), torch.randn(2, 3, IMG, IMG), max_batch=4)
+    graph = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).exported_program().graph
+    targets = [str(getattr(n.target, '__name__', n.target)) for n in graph.nodes if n.op == 'call_function']
+    assert targets.count('executorch_call_delegate') == 2
+    outside = {t for t in targets if t.startswith('aten.')}
+    assert outside == {'aten.view_copy.default'}, outside
+
+
 @pytest.mark.parametrize('fmt', ['onnx', 'openvino', 'executorch'])
 def test_fp32_export_reloads_within_tolerance(model, tmp_path, fmt):
     _runtime(fmt)
@@ -177,6 +194,24 @@ def test_cli_refuses_non_empty_out_without_force(tmp_path, capsys):
     with pytest.raises(FileExistsError, match=r'exists and is not empty \(pass --force to replace it\)'):
         export_model(torch.nn.Identity(), out, 'onnx')
     assert [p.name for p in out.iterdir()] == ['keep.txt'] and (out / 'keep.txt').read_text() == 'mine'
+
+
+class _ExportDiffers(torch.nn.Module):
+    """Pools to 10 'logits' and adds 1 only while being exported: an artifact that cannot verify."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1).repeat(1, 4)[:, :10]
+        return y + 1 if torch.compiler.is_exporting() else y
+
+
+def test_export_that_does_not_verify_leaves_nothing(tmp_path):
+    _runtime('onnx')
+    from timm_ghost.errors import ExportError
+
+    with pytest.raises(ExportError, match=r'onnx fp32 export of m did not verify: max \|logit diff\| 1 > tolerance '
+                                          r'0.0001 \(N\(0, 1\) images, seed 0, batch sizes 1 and 3\)'):
+        export_model(_ExportDiffers(), tmp_path / 'out', 'onnx', img_size=16, model_name='m')
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_needs_calibration_folder(tmp_path, model):
