@@ -24,16 +24,27 @@ def version() -> str:
     return dist_version('executorch')
 
 
+# ExecuTorch 1.5 lowering the dynamic batch: traced at a batch below 16 the input's memory plan was bounded at 15
+# images, and traced at exactly 16 an intermediate map was planned static (16, C, 1, 1); traced at 17 or more every
+# batch up to the bound ran. So the program is traced at its bound, and the bound is at least 17.
+MIN_BOUND = 17
+
+
+def batch_bound(max_batch: int) -> int:
+    """The largest batch an export asked for ``max_batch`` accepts."""
+    return max(max_batch, MIN_BOUND)
+
+
 def _export(model: nn.Module, example: torch.Tensor, max_batch: int) -> torch.export.ExportedProgram:
-    batch = torch.export.Dim('batch', min=1, max=max_batch)
-    # traced at the largest batch: from a small example batch, ExecuTorch 1.5's memory plan bounded the input at 15
-    example = example[:1].expand(max_batch, *example.shape[1:]).contiguous()
+    bound = batch_bound(max_batch)
+    batch = torch.export.Dim('batch', min=1, max=bound)
+    example = example[:1].expand(bound, *example.shape[1:]).contiguous()
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
 
 
 def build(model: nn.Module, example: torch.Tensor, out: Path, work: Path, precision: str,
           calib: Optional[Iterable[torch.Tensor]], max_batch: int) -> List[str]:
-    """Write ``out/model.pte`` (batch sizes 1 to ``max_batch``). Returns the artifact names."""
+    """Write ``out/model.pte`` (batch sizes 1 to ``batch_bound(max_batch)``). Returns the artifact names."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 

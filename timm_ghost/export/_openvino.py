@@ -49,8 +49,8 @@ def build(model: nn.Module, example: torch.Tensor, out: Path, work: Path, precis
     if precision == 'int8':
         import nncf
 
-        data = [b.numpy() for b in calib]
-        ov_model = nncf.quantize(ov_model, nncf.Dataset(data), subset_size=sum(len(b) for b in data))
+        data = [image[None].numpy() for batch in calib for image in batch]  # NNCF counts dataset items as samples
+        ov_model = nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data))
     ov.save_model(ov_model, out / ARTIFACT, compress_to_fp16=False)
     return [ARTIFACT, 'model.bin']
 

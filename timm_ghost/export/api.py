@@ -151,7 +151,7 @@ def export_model(
     images). ``calib`` given for fp32 / bf16 adds the same held-out agreement to the report.
 
     ``fold``: export a timm-ghost GhostNet's deploy form (:func:`export_form`). ``img_size``: input size (default:
-    the model's pretrained cfg). ``max_batch``: ExecuTorch's largest batch (ONNX and OpenVINO take any).
+    the model's pretrained cfg). ``max_batch``: ExecuTorch's largest batch (at least 17; ONNX and OpenVINO take any).
     Raises ``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` for bad arguments, ``MissingDependencyError``
     when the runtime is not installed, ``ExportError`` when the export fails or does not verify; nothing is left in
     ``out`` then.
@@ -189,8 +189,8 @@ def export_model(
             files = rt.build(exportable, inputs[-1], tmp, Path(work), precision, calib_batches, max_batch)
             run = rt.load(tmp, precision)
         except Exception as e:  # any exporter / converter / quantizer failure becomes one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            raise ExportError(f'{format} {precision} export of {name} failed: {type(e).__name__}: {first}') from e
+            raise ExportError(
+                f'{format} {precision} export of {name} failed: {type(e).__name__}: {_first_line(e)}') from e
         log('verifying with the runtime ...')
         verification = _verify(run, inputs, references, precision)
         if split is not None:
@@ -208,7 +208,10 @@ def _verify(run: Callable[[np.ndarray], np.ndarray], inputs: List[torch.Tensor],
             precision: str) -> Dict[str, Any]:
     diffs, agree, total, scale = {}, 0, 0, 0.0
     for x, ref in zip(inputs, references):
-        got = torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32))
+        try:
+            got = torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32))
+        except Exception as e:  # the runtime refused the artifact at this batch size
+            return {'inputs': _INPUTS_TEXT, 'error': f'batch {len(x)}: {type(e).__name__}: {_first_line(e)}'}
         if got.shape != ref.shape:
             return {'inputs': _INPUTS_TEXT, 'error': f'output shape {tuple(got.shape)} != {tuple(ref.shape)}'}
         diffs[str(len(x))] = float((got - ref).abs().max())
@@ -223,6 +226,11 @@ def _verify(run: Callable[[np.ndarray], np.ndarray], inputs: List[torch.Tensor],
         result['tolerance'] = BF16_RTOL * scale
         result['tolerance_rule'] = f'{BF16_RTOL} x max |logit| ({scale:.3g})'
     return result
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ''
 
 
 _INPUTS_TEXT = f'N(0, 1) images, seed 0, batch sizes {" and ".join(map(str, VERIFY_BATCHES))}'
@@ -271,7 +279,7 @@ def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_c
         'files': files,
         'input_name': 'input',
         'input_size': list(data_config['input_size']),
-        'batch': {'dynamic': True, 'max': max_batch if fmt == 'executorch' else None},
+        'batch': {'dynamic': True, 'max': rt.batch_bound(max_batch) if fmt == 'executorch' else None},
         'mean': list(data_config['mean']),
         'std': list(data_config['std']),
         'interpolation': data_config['interpolation'],

@@ -64,7 +64,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument('--min-agreement', type=float, default=0.9,
                    help='int8: least top-1 agreement with fp32 on held-out images (default 0.9)')
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained cfg)")
-    p.add_argument('--max-batch', type=int, default=32, help='executorch: largest batch size (default 32)')
+    p.add_argument('--max-batch', type=int, default=32, help='executorch: largest batch size (default 32; at least 17)')
     p.add_argument('--no-fold', action='store_true', help='export the eval model as it is, not the deploy form')
     p.add_argument('--force', action='store_true', help='replace a non-empty OUT')
     p.set_defaults(func=_cmd_export)
