@@ -221,3 +221,27 @@ def test_int8_needs_calibration_folder(tmp_path, model):
     with pytest.raises(ValueError, match=r'--precision bf16: onnx exports support fp32, int8'):
         export_model(model, tmp_path / 'out', 'onnx', 'bf16')
     assert not (tmp_path / 'out').exists()
+
+
+def test_report_renders_the_export_tables_from_the_json():
+    """docs/export.md's tables come from the committed benchmark JSON: one row per timed route and batch, the goal
+    summaries, and one digits row per route."""
+    bench = Path(__file__).resolve().parents[1] / 'benchmarks'
+    sys.path.insert(0, str(bench))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(bench))
+    speed = report.load(bench / 'results' / 'export.json', 'export')
+    digits = report.load(bench / 'results' / 'export_digits.json', 'export_digits')
+    text = report.export_tables(speed, digits)
+    numbered = [line for line in text.splitlines() if line.startswith('| ') and line[2].isdigit()]
+    goals = speed['summary']
+    assert len([r for r in numbered if r.count('|') == 8]) == len(speed['results'])
+    assert len([r for r in numbered if r.count('|') == 5]) == (
+        len(goals['int8_vs_fp32']) + len(goals['deploy_vs_builtin_export']))
+    assert f'Digits validation top-1 ({digits["val_images"]} images' in text
+    digit_rows = [line for line in text.splitlines() if line.count('|') == 6 and not line.startswith('|--')]
+    assert len(digit_rows) == len(digits['results']) + 1  # and the header
+    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'export.md').read_text()
+    assert doc.count(report.EXPORT_MARKERS[0]) == 1 and doc.count(report.EXPORT_MARKERS[1]) == 1
