@@ -15,13 +15,13 @@ from .api import (
     PRECISIONS,
     ExportResult,
     calibration_split,
-    export_form,
     export_model,
     load_export,
     require_runtime,
     runtime_for,
 )
 from .cli import register_cli
+from .form import export_form
 
 __all__ = [
     'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'ExportResult', 'export_model', 'load_export', 'export_form',
