@@ -8,7 +8,7 @@ compile here states it (``f32`` for fp32 and int8, ``bf16`` for bf16) and ``expo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -64,9 +64,23 @@ def compile_config(precision: str, threads: Optional[int] = None) -> dict:
 
 
 def load(out: Path, precision: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running ``out/model.xml`` on an NCHW float32 array on OpenVINO's CPU plugin."""
+    """A function running ``out/model.xml`` on an NCHW float32 array on OpenVINO's CPU plugin.
+
+    The IR keeps a dynamic batch; each input shape met is compiled once with that shape fixed (``Model.reshape``),
+    which OpenVINO's CPU plugin runs faster than the dynamic-shape model (about 1.15x at batch 1 for ghostnet_100)."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(out / ARTIFACT, 'CPU', compile_config(precision, threads))
-    request = compiled.create_infer_request()
-    return lambda x: request.infer([x])[0].copy()
+    core = ov.Core()
+    model = core.read_model(out / ARTIFACT)
+    config = compile_config(precision, threads)
+    requests: Dict[Tuple[int, ...], Any] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request = requests.get(x.shape)
+        if request is None:
+            static = model.clone()
+            static.reshape(list(x.shape))
+            request = requests[x.shape] = core.compile_model(static, 'CPU', config).create_infer_request()
+        return request.infer([x])[0].copy()
+
+    return run
