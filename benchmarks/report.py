@@ -2,7 +2,7 @@
 summary in README.md are this script's output.
 
     python benchmarks/report.py                                  # print the tables
-    python benchmarks/report.py --write docs/benchmarks.md --summary README.md   # rewrite both between markers
+    python benchmarks/report.py --write docs/benchmarks.md --summary README.md --export-doc docs/export.md
 
 Markers: ``<!-- benchmark-tables:start -->`` / ``<!-- benchmark-tables:end -->`` for the tables,
 ``<!-- benchmark-summary:start -->`` / ``<!-- benchmark-summary:end -->`` for the summary.
@@ -89,8 +89,9 @@ def render(inference: Optional[Dict[str, Any]], train: Optional[Dict[str, Any]])
     return '\n\n'.join(parts) + '\n'
 
 
-def summary(inference: Dict[str, Any], train: Dict[str, Any]) -> str:
-    """The README's short table: ratios to timm's built-in at the smallest and largest batch, and the training step."""
+def summary(inference: Dict[str, Any], train: Dict[str, Any], export: Optional[Dict[str, Any]] = None) -> str:
+    """The README's short table: ratios to timm's built-in at the smallest and largest batch, the training step, and
+    (from bench_export.py) the runtimes on the export of our deploy model."""
     rows = {(r['key'], r['batch']): r for r in inference['results']}
     batches = sorted({r['batch'] for r in inference['results']})
     lo, hi = batches[0], batches[-1]
@@ -111,6 +112,17 @@ def summary(inference: Dict[str, Any], train: Dict[str, Any]) -> str:
         if r['key'] != 'builtin':
             lines.append(f'| training step (batch {r["batch"]}): speed / peak memory | '
                          f'{r["speed_ratio_to_builtin"]:.2f}x / {r["memory_ratio_to_builtin"]:.2f}x | |')
+    if export is not None:
+        rows = {(r['key'], r['batch']): r for r in export['results']}
+        keys = [r['key'] for r in export['results'] if r['form'] == 'deploy' and r['kind'] == 'export']
+        lines += ['', f'Exports of the deploy model (`timm-ghost export`), measured by bench_export.py in its own run '
+                      f'({export["created"][:10]}) against timm\'s built-in ghostnet_100 in eager PyTorch:', '',
+                  f'| runtime, precision | batch {lo} | batch {hi} |', '|---|---:|---:|']
+        for key in dict.fromkeys(keys):
+            if (key, lo) in rows and (key, hi) in rows:
+                label = rows[key, lo]['label'].replace(', timm-ghost deploy', '')
+                lines.append(f'| {label} | {rows[key, lo]["ratio_to_builtin_eager"]:.2f}x '
+                             f'| {rows[key, hi]["ratio_to_builtin_eager"]:.2f}x |')
     return '\n'.join(lines) + '\n'
 
 
@@ -176,19 +188,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                         'tables (from results/export.json and results/export_digits.json)')
     args = p.parse_args(argv)
     try:
-        if args.export_doc:
-            digits = RESULTS / 'export_digits.json'
-            text = export_tables(load(RESULTS / 'export.json', 'export'),
-                                 load(digits, 'export_digits') if digits.exists() else None)
-            write_between_markers(args.export_doc, text, EXPORT_MARKERS)
-            print(text, end='')
-            return 0
         inference, train = load(args.inference, 'inference'), load(args.train, 'train')
+        export = load(RESULTS / 'export.json', 'export') if (RESULTS / 'export.json').exists() else None
         text = render(inference, train)
         if args.write:
             write_between_markers(args.write, text)
         if args.summary:
-            write_between_markers(args.summary, summary(inference, train), SUMMARY_MARKERS)
+            write_between_markers(args.summary, summary(inference, train, export), SUMMARY_MARKERS)
+        if args.export_doc:
+            if export is None:
+                raise FileNotFoundError(f'{RESULTS / "export.json"}: no such benchmark result (run '
+                                        f'benchmarks/bench_export.py first)')
+            digits = RESULTS / 'export_digits.json'
+            export_text = export_tables(export, load(digits, 'export_digits') if digits.exists() else None)
+            write_between_markers(args.export_doc, export_text, EXPORT_MARKERS)
+            text += '\n' + export_text
     except (OSError, ValueError) as e:
         print(f'report.py: error: {e}', file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ import torch.nn as nn
 from .errors import PretrainedWeightsError
 from .ghostnet import WIDTHS
 
-__all__ = ['load_model', 'predict_topk', 'add_model_arguments', 'register_cli', 'DEFAULT_MODEL']
+__all__ = ['load_model', 'predict_topk', 'class_labels', 'add_model_arguments', 'register_cli', 'DEFAULT_MODEL']
 
 DEFAULT_MODEL = 'ghostnet_100'
 _REMOTE_PREFIXES = ('hf-hub:', 'local-dir:')
@@ -170,21 +170,21 @@ def load_model(
         raise PretrainedWeightsError(f'--weights {weights}: {e}') from e
 
 
-def _label_names(model: nn.Module) -> Tuple[List[str], List[str]]:
-    """``(names, descriptions)`` of the model's classes: its config's labels, else ImageNet's, else indices."""
+def class_labels(model: nn.Module) -> Optional[Tuple[List[str], List[str]]]:
+    """``(names, descriptions)`` of the model's classes: its config's labels, else ImageNet's where timm recognises
+    the head (``infer_imagenet_subset``); None when neither says."""
     from timm.data import ImageNetInfo, infer_imagenet_subset
 
     cfg = getattr(model, 'pretrained_cfg', None) or {}
-    num_classes = model.num_classes
     names = cfg.get('label_names')
-    if names and len(names) == num_classes:
+    if names and len(names) == getattr(model, 'num_classes', len(names)):
         descriptions = cfg.get('label_descriptions') or {}
         return list(names), [descriptions.get(n, '') for n in names]
     subset = infer_imagenet_subset(model)
     if subset:
         info = ImageNetInfo(subset)
         return list(info.label_names()), list(info.label_descriptions())
-    return [str(i) for i in range(num_classes)], [''] * num_classes
+    return None
 
 
 @torch.inference_mode()
@@ -214,7 +214,7 @@ def predict_topk(model: nn.Module, image: str, k: int = 5) -> List[Dict[str, Any
     x = transform(img).unsqueeze(0)  # (1, C, H, W)
     probs = model(x).softmax(dim=-1)[0]
     top = probs.topk(min(k, probs.numel()))
-    names, descriptions = _label_names(model)
+    names, descriptions = class_labels(model) or ([str(i) for i in range(model.num_classes)], [''] * model.num_classes)
     return [dict(index=int(i), prob=float(p), label=names[int(i)], description=descriptions[int(i)])
             for p, i in zip(top.values, top.indices)]
 

@@ -65,15 +65,11 @@ def _data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:
 
 
 def _labels(model: nn.Module) -> Optional[List[str]]:
-    """The class names of the model's pretrained cfg, else ImageNet's where timm recognises the head, else None."""
-    from timm.data import ImageNetInfo, infer_imagenet_subset
+    """The class names of the model (its pretrained cfg's, else ImageNet's where timm recognises the head), or None."""
+    from ..predict import class_labels
 
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    names = cfg.get('label_names')
-    if names and len(names) == getattr(model, 'num_classes', len(names)):
-        return list(names)
-    subset = infer_imagenet_subset(model)
-    return list(ImageNetInfo(subset).label_names()) if subset else None
+    labels = class_labels(model)
+    return labels[0] if labels else None
 
 
 def calibration_split(
