@@ -78,7 +78,7 @@ def export_form(model: nn.Module, fold: bool = True) -> nn.Module:
     """
     from timm.utils import reparameterize_model
 
-    from ..deploy import GhostBottleneckDeploy
+    from ..deploy import GhostBottleneckDeploy, ToChannelsLast
     from ..ghostnet import GhostNet
 
     out = copy.deepcopy(model).eval()
@@ -89,7 +89,7 @@ def export_form(model: nn.Module, fold: bool = True) -> nn.Module:
         for name, param in list(module.named_parameters(recurse=False)):
             setattr(module, name, nn.Parameter(param.detach().contiguous(), requires_grad=False))
         for name, child in list(module.named_children()):
-            if type(child).__name__ == 'ToChannelsLast':
+            if isinstance(child, ToChannelsLast):
                 setattr(module, name, nn.Identity())
             elif isinstance(child, GhostBottleneckDeploy):
                 setattr(module, name, GhostBottleneckExport(child))
