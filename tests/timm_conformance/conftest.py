@@ -29,6 +29,26 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line('markers', f'{marker}: timm test-suite marker')
 
 
+def _registry() -> dict:
+    """Which module and class each of our three names builds right now (the run checks them against its mode)."""
+    import timm
+    out = {}
+    for name in ('ghostnet_050', 'ghostnet_100', 'ghostnet_130'):
+        cls = type(timm.create_model(name, pretrained=False))
+        out[name] = {'entrypoint': timm.models.model_entrypoint(name).__module__,
+                     'class': f'{cls.__module__}.{cls.__qualname__}'}
+    return out
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # read by run.py: the classes under test must be timm_ghost's (ours) or timm's (builtin), at the end of the run
+    path = os.environ.get('TIMM_GHOST_CONFORMANCE_REPORT')
+    if _MODE and path:
+        import json
+        with open(path, 'w') as f:
+            json.dump({'mode': _MODE, 'models': _registry()}, f)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     import timm
     entry = timm.models.model_entrypoint('ghostnet_100')
