@@ -141,3 +141,28 @@ def test_bad_arguments_are_refused_with_the_parameter_named():
     assert res.returncode == 2 and '--rows' in res.stderr
     res = _run('bench_train.py', '--batch-sizes', '0')
     assert res.returncode == 2 and '--batch-sizes' in res.stderr
+
+
+def _between(path: Path, markers: tuple) -> str:
+    start, end = markers
+    doc = path.read_text()
+    assert doc.count(start) == 1 and doc.count(end) == 1, path
+    return doc.split(f'{start}\n', 1)[1].split(end, 1)[0]
+
+
+def test_committed_tables_are_report_py_output_of_the_committed_json():
+    """README.md's summary, docs/benchmarks.md's and docs/export.md's tables are exactly what report.py renders from
+    benchmarks/results/*.json: a hand-edited figure, or a JSON re-run without regenerating the docs, fails here."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(BENCH))
+    root, results = BENCH.parent, BENCH / 'results'
+    inference = report.load(results / 'inference.json', 'inference')
+    train = report.load(results / 'train.json', 'train')
+    export = report.load(results / 'export.json', 'export')
+    digits = report.load(results / 'export_digits.json', 'export_digits')
+    assert _between(root / 'README.md', report.SUMMARY_MARKERS) == report.summary(inference, train, export)
+    assert _between(root / 'docs' / 'benchmarks.md', report.MARKERS) == report.render(inference, train)
+    assert _between(root / 'docs' / 'export.md', report.EXPORT_MARKERS) == report.export_tables(export, digits)
