@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch
 from helpers import randomize_
 
 from timm_ghost.cli import main as cli_main
-from timm_ghost.export import FP32_ATOL, export_form, export_model, load_export
+from timm_ghost.export import FP32_ATOL, export_form, export_model, export_module, load_export
 
 IMG = 64
 PACKAGE = {'onnx': 'onnxruntime', 'openvino': 'openvino', 'executorch': 'executorch'}
@@ -42,6 +43,15 @@ def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for image in sorted((full / label).iterdir())[:12]:
             shutil.copy(image, small / label / image.name)
     return small
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Iterator[Path]:
+    """An export folder under tmp_path, deleted after the test (artifacts run to megabytes; pytest keeps its temp
+    folders of the last three runs)."""
+    path = tmp_path / 'out'
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _runtime(fmt: str) -> None:
@@ -114,6 +124,87 @@ def test_int8_export_agrees_with_fp32_top1(model, tmp_path, calib_dir, fmt):
     got = load_export(out, threads=1)(x.numpy())
     assert got.shape == (4, 1000) and np.isfinite(got).all()
     assert 0 < np.abs(got - ref).max() < 0.25 * np.abs(ref).max()  # quantized (not fp32), yet close
+
+
+class _DenseHead(torch.nn.Module):
+    """A segmentation-style network on a GhostNet ``features_only`` backbone: the stem map (feature 0, which the
+    in-place ReLU after it must not overwrite) and the /8 map, each through a 1x1 conv to 5 classes, upsampled to the
+    input size. ``(N, 3, H, W)`` in, ``(N, 5, H, W)`` out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = timm.create_model('ghostnet_050', features_only=True, out_indices=(0, 2))
+        c0, c2 = self.encoder.feature_info.channels()
+        self.head0 = torch.nn.Conv2d(c0, 5, 1)
+        self.head2 = torch.nn.Conv2d(c2, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f0, f2 = self.encoder(x)
+        y = self.head0(f0) + torch.nn.functional.interpolate(self.head2(f2), size=f0.shape[-2:], mode='bilinear')
+        return torch.nn.functional.interpolate(y, size=x.shape[-2:], mode='bilinear')
+
+
+@pytest.fixture(scope='module')
+def dense_module() -> torch.nn.Module:
+    """:class:`_DenseHead` with random weights, its GhostNet encoder folded by timm's ``reparameterize_model``."""
+    from timm.utils import reparameterize_model
+
+    from timm_ghost.deploy import GhostBottleneckDeploy
+
+    folded = reparameterize_model(randomize_(_DenseHead(), seed=0).eval())
+    assert sum(isinstance(m, GhostBottleneckDeploy) for m in folded.modules()) == 4
+    return folded
+
+
+@pytest.mark.parametrize('fmt', ['onnx', 'openvino', 'executorch'])
+def test_export_module_dense_map_reloads_within_tolerance(dense_module, out, fmt):
+    """Any image module, here one whose output is a 4-D map, goes through the same verified path as a model."""
+    _runtime(fmt)
+    result = export_module(dense_module, out, fmt, 'fp32', input_size=(3, 64, 96), mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS[fmt] + ['export.json'])
+    meta = json.loads((out / 'export.json').read_text())
+    assert meta == result.metadata
+    assert (meta['model'], meta['input_size'], meta['output_size']) == ('_DenseHead', [3, 64, 96], [5, 64, 96])
+    assert (meta['mean'], meta['std'], meta['labels'], meta['num_classes']) == ([0.5] * 3, [0.25] * 3, None, None)
+    assert meta['form'] == 'eval module, its timm-ghost blocks in deploy form (BN folded)'
+    assert max(meta['verification']['max_abs_diff'].values()) <= FP32_ATOL and meta['verification']['passed']
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = dense_module(x).numpy()
+    got = load_export(out, threads=1)(x.numpy())
+    assert got.shape == (2, 5, 64, 96)
+    assert np.abs(got - ref).max() <= FP32_ATOL
+
+
+def test_export_module_stem_map_stays_a_copy(dense_module):
+    """The export form of a features_only encoder keeps the stem map a copy: the in-place ReLU after it would
+    otherwise overwrite feature 0 (a GhostNet classifier drops the copy, as nothing hands that map out)."""
+    from timm_ghost.export.form import GhostBottleneckExport, _StemCopy
+
+    form = export_form(dense_module)
+    assert [type(m) for m in form.modules() if isinstance(m, (_StemCopy, torch.nn.Identity))] == [_StemCopy]
+    assert sum(isinstance(m, GhostBottleneckExport) for m in form.modules()) == 4
+    assert all(p.is_contiguous() for p in form.parameters())
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (form(x) - dense_module(x)).abs().max().item() <= FP32_ATOL
+
+
+def test_export_module_bad_arguments(tmp_path, dense_module):
+    _runtime('onnx')
+
+    class Pair(torch.nn.Module):
+        def forward(self, x: torch.Tensor):
+            return x, x
+
+    with pytest.raises(ValueError, match=r'input_size: expected \(channels, height, width\), three positive ints, '
+                                         r'got \(64, 64\)'):
+        export_module(dense_module, tmp_path / 'out', 'onnx', input_size=(64, 64))
+    with pytest.raises(ValueError, match=r'mean: expected one value per input channel, got \(0.5,\)'):
+        export_module(dense_module, tmp_path / 'out', 'onnx', input_size=(3, 64, 64), mean=(0.5,))
+    with pytest.raises(ValueError, match=r'Pair: expected a module returning one tensor, got tuple'):
+        export_module(Pair(), tmp_path / 'out', 'onnx', input_size=(3, 8, 8))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_openvino_fp32_runs_in_f32(tmp_path, model):

@@ -26,8 +26,8 @@ from ..errors import ExportError, MissingDependencyError
 from .form import export_form
 
 __all__ = [
-    'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'ExportResult', 'export_model', 'load_export', 'export_form',
-    'runtime_for', 'require_runtime', 'calibration_split',
+    'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'ExportResult', 'export_model', 'export_module', 'load_export',
+    'export_form', 'runtime_for', 'require_runtime', 'calibration_split',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -57,10 +57,24 @@ def require_runtime(fmt: str) -> ModuleType:
     return rt
 
 
-def _data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:
+def _data_config(model: nn.Module, img_size: Optional[int] = None, input_size: Optional[Sequence[int]] = None,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """timm's data config of ``model`` (its pretrained cfg, else timm's defaults) with the sizes / stats given."""
     from timm.data import resolve_data_config
 
-    args = {'input_size': (3, img_size, img_size)} if img_size else {}
+    args: Dict[str, Any] = {}
+    if img_size:
+        args['input_size'] = (3, img_size, img_size)
+    if input_size is not None:
+        size = tuple(input_size)
+        if len(size) != 3 or not all(isinstance(d, int) and d > 0 for d in size):
+            raise ValueError(f'input_size: expected (channels, height, width), three positive ints, got {input_size!r}')
+        args['input_size'] = size
+    for key, value in (('mean', mean), ('std', std)):
+        if value is not None:
+            args[key] = tuple(float(v) for v in value)
+            if len(args[key]) != args.get('input_size', (3,))[0]:
+                raise ValueError(f'{key}: expected one value per input channel, got {value!r}')
     return resolve_data_config(args, model=model)
 
 
@@ -150,8 +164,62 @@ def export_model(
     the model's pretrained cfg). ``max_batch``: ExecuTorch's largest batch (at least 17; ONNX and OpenVINO take any).
     Raises ``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` for bad arguments, ``MissingDependencyError``
     when the runtime is not installed, ``ExportError`` when the export fails or does not verify; nothing is left in
-    ``out`` then.
+    ``out`` then. Any other image module: :func:`export_module`.
     """
+    require_runtime(format)
+    data_config = _data_config(model, img_size)
+    name = model_name or (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+    return _export(
+        model, out, format, precision, data_config, name=name, labels=True, calib=calib, calib_size=calib_size,
+        holdout_size=holdout_size, min_agreement=min_agreement, fold=fold, max_batch=max_batch, force=force,
+        weights_source=weights_source, log=log)
+
+
+def export_module(
+        module: nn.Module,
+        out: PathLike,
+        format: str = 'onnx',
+        precision: str = 'fp32',
+        *,
+        input_size: Sequence[int],
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        calib: Optional[PathLike] = None,
+        calib_size: int = 256,
+        holdout_size: int = 500,
+        min_agreement: float = 0.9,
+        fold: bool = True,
+        max_batch: int = 32,
+        force: bool = False,
+        name: Optional[str] = None,
+        weights_source: Optional[str] = None,
+        log: Callable[[str], None] = lambda msg: None,
+) -> ExportResult:
+    """Export any image module (one ``(N, *input_size)`` float tensor in, one tensor out: logits ``(N, K)``, a dense
+    map ``(N, C, H, W)``, ...) to ``out`` through the same verified path as :func:`export_model`.
+
+    ``input_size``: ``(channels, height, width)`` the artifact is exported and verified at (the batch stays dynamic).
+    ``mean`` / ``std``: the normalisation recorded in ``export.json`` and used for ``calib`` images (default: the
+    module's pretrained cfg, else timm's ImageNet defaults). ``fold``: timm-ghost blocks anywhere in the module (a
+    GhostNet encoder, folded by ``timm.utils.reparameterize_model`` or not) are exported in their export form
+    (:func:`export_form`). fp32 output must match the eval-mode module within ``FP32_ATOL`` at batch 1 and 3; for
+    int8 the top-1 agreement with fp32 is counted per output position (the argmax over dim 1: per image for logits,
+    per pixel for a segmentation map). ``name``: recorded in ``export.json`` (default: the module's class name).
+    Other arguments and errors as :func:`export_model`.
+    """
+    require_runtime(format)
+    data_config = _data_config(module, input_size=input_size, mean=mean, std=std)
+    return _export(
+        module, out, format, precision, data_config, name=name or type(module).__name__, labels=False, calib=calib,
+        calib_size=calib_size, holdout_size=holdout_size, min_agreement=min_agreement, fold=fold,
+        max_batch=max_batch, force=force, weights_source=weights_source, log=log)
+
+
+def _export(
+        model: nn.Module, out: PathLike, format: str, precision: str, data_config: Dict[str, Any], *, name: str,
+        labels: bool, calib: Optional[PathLike], calib_size: int, holdout_size: int, min_agreement: float,
+        fold: bool, max_batch: int, force: bool, weights_source: Optional[str], log: Callable[[str], None],
+) -> ExportResult:
     from .._io import atomic_output_dir, check_output_dir
 
     rt = require_runtime(format)
@@ -167,16 +235,14 @@ def export_model(
         raise ValueError(f'max_batch: expected at least {max(VERIFY_BATCHES)}, got {max_batch}')
     check_output_dir(out, force)
     model = model.eval()
-    data_config = _data_config(model, img_size)
     input_size = tuple(data_config['input_size'])
     split = calibration_split(calib, data_config, calib_size, holdout_size) if calib is not None else None
-    name = model_name or (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
 
     log(f'preparing {name} ({"deploy form" if fold else "as given"}, {input_size[1]}x{input_size[2]} px)')
     exportable = export_form(model, fold)
     inputs = _verification_inputs(input_size)
     with torch.no_grad():
-        references = [model(x).float() for x in inputs]
+        references = [_single_output(model(x), name).float() for x in inputs]
     calib_batches = _batches(split[0], split[1], 8) if split and precision == 'int8' else None
 
     with atomic_output_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix='timm-ghost-export-') as work:
@@ -194,10 +260,17 @@ def export_model(
         _check(verification, precision, min_agreement, format, name)
         metadata = _metadata(
             model, name, weights_source, data_config, format, rt, precision, files, fold, max_batch, calib,
-            split, verification)
+            split, verification, labels, list(references[-1].shape[1:]))
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
     log(f'wrote {out}: {", ".join(files)} + {METADATA}')
     return ExportResult(Path(out).expanduser(), files + [METADATA], metadata)
+
+
+def _single_output(output: Any, name: str) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(f'{name}: expected a module returning one tensor, got {type(output).__name__} '
+                         '(wrap it in a module that returns the tensor to export)')
+    return output
 
 
 def _verify(run: Callable[[np.ndarray], np.ndarray], inputs: List[torch.Tensor], references: List[torch.Tensor],
@@ -211,8 +284,9 @@ def _verify(run: Callable[[np.ndarray], np.ndarray], inputs: List[torch.Tensor],
         if got.shape != ref.shape:
             return {'inputs': _INPUTS_TEXT, 'error': f'output shape {tuple(got.shape)} != {tuple(ref.shape)}'}
         diffs[str(len(x))] = float((got - ref).abs().max())
-        agree += int((got.argmax(1) == ref.argmax(1)).sum())
-        total += len(x)
+        same = got.argmax(1) == ref.argmax(1) if ref.dim() > 1 else got == ref
+        agree += int(same.sum())
+        total += same.numel()
         scale = max(scale, float(ref.abs().max()))
     result: Dict[str, Any] = {
         'inputs': _INPUTS_TEXT, 'max_abs_diff': diffs, 'fixed_input_top1_agreement': agree / total}
@@ -236,12 +310,14 @@ _INPUTS_TEXT = f'N(0, 1) images, seed 0, batch sizes {" and ".join(map(str, VERI
 def _heldout_agreement(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, split: Tuple[Any, List[int],
                        List[int]], batch_size: int) -> Dict[str, Any]:
     dataset, _, heldout = split
-    agree = total = 0
+    agree = total = images_seen = 0
     for images in _batches(dataset, heldout, batch_size):
-        got = np.asarray(run(images.numpy())).argmax(1)
-        agree += int((torch.from_numpy(got) == model(images).argmax(1)).sum())
-        total += len(images)
-    return {'heldout_images': total, 'heldout_top1_agreement': agree / total if total else None}
+        got = torch.from_numpy(np.asarray(run(images.numpy())).argmax(1))
+        same = got == model(images).argmax(1)  # per image for logits, per position for a dense map
+        agree += int(same.sum())
+        total += same.numel()
+        images_seen += len(images)
+    return {'heldout_images': images_seen, 'heldout_top1_agreement': agree / total if total else None}
 
 
 def _check(verification: Dict[str, Any], precision: str, min_agreement: float, fmt: str, name: str) -> None:
@@ -263,18 +339,19 @@ def _check(verification: Dict[str, Any], precision: str, min_agreement: float, f
 def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_config: Dict[str, Any], fmt: str,
               rt: ModuleType, precision: str, files: List[str], fold: bool, max_batch: int,
               calib: Optional[PathLike], split: Optional[Tuple[Any, List[int], List[int]]],
-              verification: Dict[str, Any]) -> Dict[str, Any]:
+              verification: Dict[str, Any], labels: bool, output_size: List[int]) -> Dict[str, Any]:
     import timm
 
     from .. import __version__
     meta: Dict[str, Any] = {
         'model': name,
         'weights': weights_source,
-        'form': 'timm-ghost deploy (BN folded)' if fold and _is_ghostnet(model) else 'eval model as given',
+        'form': _form_text(model, fold),
         'format': fmt,
         'files': files,
         'input_name': 'input',
         'input_size': list(data_config['input_size']),
+        'output_size': output_size,
         'batch': {'dynamic': True, 'max': rt.batch_bound(max_batch) if fmt == 'executorch' else None},
         'mean': list(data_config['mean']),
         'std': list(data_config['std']),
@@ -282,7 +359,7 @@ def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_c
         'crop_pct': data_config['crop_pct'],
         'crop_mode': data_config.get('crop_mode', 'center'),
         'num_classes': getattr(model, 'num_classes', None),
-        'labels': _labels(model),
+        'labels': _labels(model) if labels else None,
         'runtime': {'name': rt.RUNTIME, 'version': rt.version()},
         'precision': precision,
         'verification': verification,
@@ -298,10 +375,15 @@ def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_c
     return meta
 
 
-def _is_ghostnet(model: nn.Module) -> bool:
+def _form_text(model: nn.Module, fold: bool) -> str:
     from ..ghostnet import GhostNet
+    from .form import _holds_ghost_blocks
 
-    return isinstance(model, GhostNet)
+    if fold and isinstance(model, GhostNet):
+        return 'timm-ghost deploy (BN folded)'
+    if fold and _holds_ghost_blocks(model):
+        return 'eval module, its timm-ghost blocks in deploy form (BN folded)'
+    return 'eval model as given'
 
 
 def load_export(out: PathLike, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:

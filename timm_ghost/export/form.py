@@ -67,14 +67,33 @@ class GhostBottleneckExport(nn.Module):
         return y + x
 
 
+class _StemCopy(nn.Module):
+    """Takes :class:`~timm_ghost.deploy.ToChannelsLast`'s place outside a GhostNet classifier (a ``features_only``
+    backbone, an encoder inside another network): a plain copy of the stem map, which such models hand out as a
+    feature while the in-place ReLU after it acts on the copy. ``(N, C, H, W)`` in and out."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+def _holds_ghost_blocks(model: nn.Module) -> bool:
+    from ..blocks import ConvBnAct, GhostBottleneck, StemNorm
+    from ..deploy import ConvActDeploy, GhostBottleneckDeploy, ToChannelsLast
+
+    kinds = (GhostBottleneck, StemNorm, ConvBnAct, GhostBottleneckDeploy, ToChannelsLast, ConvActDeploy)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
 @torch.no_grad()
 def export_form(model: nn.Module, fold: bool = True) -> nn.Module:
     """A copy of ``model`` in eval mode, shaped for exporters and quantizers (see the module docstring).
 
     With ``fold`` a timm-ghost GhostNet becomes its deploy model (``timm.utils.reparameterize_model``: BatchNorm
     folded, the first Ghost module's concat never built), then its export form: NCHW weights, no stem copy, each
-    deploy bottleneck a :class:`GhostBottleneckExport`. Other models, or ``fold=False``, are copied as they are.
-    ``(N, 3, H, W)`` in, logits out, as ``model``.
+    deploy bottleneck a :class:`GhostBottleneckExport`. Any other module holding timm-ghost blocks (a
+    ``features_only`` GhostNet, a network with a GhostNet encoder, folded already or not) gets the same treatment,
+    except that the stem copy stays a plain copy (such models hand the stem map out as a feature). Other modules, or
+    ``fold=False``, are copied as they are. Same input and output as ``model``.
     """
     from timm.utils import reparameterize_model
 
@@ -82,7 +101,8 @@ def export_form(model: nn.Module, fold: bool = True) -> nn.Module:
     from ..ghostnet import GhostNet
 
     out = copy.deepcopy(model).eval()
-    if not (fold and isinstance(out, GhostNet)):
+    classifier = isinstance(out, GhostNet)
+    if not (fold and (classifier or _holds_ghost_blocks(out))):
         return out
     out = reparameterize_model(out)
     for module in list(out.modules()):
@@ -90,7 +110,7 @@ def export_form(model: nn.Module, fold: bool = True) -> nn.Module:
             setattr(module, name, nn.Parameter(param.detach().contiguous(), requires_grad=False))
         for name, child in list(module.named_children()):
             if isinstance(child, ToChannelsLast):
-                setattr(module, name, nn.Identity())
+                setattr(module, name, nn.Identity() if classifier else _StemCopy())
             elif isinstance(child, GhostBottleneckDeploy):
                 setattr(module, name, GhostBottleneckExport(child))
     return out
