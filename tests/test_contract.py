@@ -295,16 +295,26 @@ def test_channels_last(name):
     assert _max_diff(out, ref) <= 1e-5
 
 
+# bf16 keeps 8 significant bits: one rounding is off by at most u = 2**-8 (0.39 %) of the value. The deepest path
+# (stem, 16 bottlenecks of up to 7 convolutions, head conv, classifier) rounds about 115 times; independent rounding
+# errors of O(1) activations (randomize_ keeps them so) add like a random walk: sqrt(115) * u = 4.2 %. Measured: 0.8 to
+# 1.0 % of the largest logit on X for the three widths.
+BF16_RTOL = 0.042
+
+
 @pytest.mark.parametrize('name', MODEL_NAMES)
 def test_bf16_autocast_on_cpu(name):
     model = randomize_(timm.create_model(name)).eval()
+    builtin = builtin_model(name).eval()
+    builtin.load_state_dict(model.state_dict())
     with torch.no_grad():
         ref = model(X)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = model(X)
+            out, builtin_out = model(X), builtin(X)
     assert out.dtype == torch.bfloat16
-    assert _max_diff(out, ref) <= 0.1 * ref.abs().max().item()
-    assert (out.float().argmax(1) == ref.argmax(1)).float().mean().item() >= 0.5
+    assert _max_diff(out, ref) <= BF16_RTOL * ref.abs().max().item()
+    # the same ops in the same precision as timm's built-in: within one bf16 rounding of the largest logit (measured 0)
+    assert _max_diff(out, builtin_out) <= 2 ** -8 * ref.abs().max().item()
 
 
 @pytest.mark.parametrize('name', MODEL_NAMES)
