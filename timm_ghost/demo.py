@@ -322,6 +322,9 @@ def format_results(r: DemoResult) -> str:
 
 
 def _cmd_demo(args: Any) -> int:
+    if args.task != 'classify':
+        from .dense_demo import run_cli
+        return run_cli(args)
     cfg = DemoConfig(epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size, lr=args.lr,
                      seed=args.seed, workers=args.workers, threads=args.threads)
     result = run_demo(args.out, cfg, force=args.force, progress=not args.no_progress)
@@ -341,6 +344,9 @@ def register_cli(sub: Any) -> None:
                     'timm.scheduler / timm.task, save a Hub-ready folder (model.safetensors + config.json), reload it '
                     "through timm.create_model('local-dir:...'), fuse it for deploy and compare predictions and "
                     'speed. Writes OUT/data, OUT/model and OUT/results.json.')
+    p.add_argument('--task', choices=('classify', 'detect', 'segment'), default='classify',
+                   help='classify (default): this demo; detect / segment: Faster R-CNN / smp Unet on GhostNet, trained '
+                        'on scenes of digits from these digits weights (docs/dense.md)')
     p.add_argument('--out', default=DEFAULT_DEMO_DIR, metavar='OUT',
                    help=f'output folder (default ./{DEFAULT_DEMO_DIR}); must be new or empty unless --force')
     p.add_argument('--force', action='store_true', help='replace a non-empty OUT (only once the run succeeded)')

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from . import _compat
 from .blocks import ConvBnAct, GhostBottleneck, StemNorm
 from .fold import (
+    FOLDABLE_NORMS,
     fold_conv_bn,
     linear_from_conv1x1,
     register_fuser,
@@ -181,7 +182,7 @@ class ConvActDeploy(nn.Module):
     @classmethod
     def from_block(cls, block: ConvBnAct) -> Optional[ConvActDeploy]:
         """Fold a :class:`~timm_ghost.blocks.ConvBnAct` with a ReLU; None for other activations (folded in place)."""
-        if type(block.act1) is nn.ReLU and isinstance(block.bn1, nn.BatchNorm2d):
+        if type(block.act1) is nn.ReLU and isinstance(block.bn1, FOLDABLE_NORMS):
             return cls(fold_conv_bn(block.conv, block.bn1))
         return None
 
@@ -346,8 +347,8 @@ def _is_even_ghost(module: nn.Module, act_type: type) -> bool:
     """A Ghost module whose primary and cheap halves have equal widths and whose activation is ``act_type``."""
     primary, cheap = module.primary_conv, module.cheap_operation
     return (
-        _is_plain_conv(primary[0]) and isinstance(primary[1], nn.BatchNorm2d)
-        and _is_plain_conv(cheap[0]) and isinstance(cheap[1], nn.BatchNorm2d)
+        _is_plain_conv(primary[0]) and isinstance(primary[1], FOLDABLE_NORMS)
+        and _is_plain_conv(cheap[0]) and isinstance(cheap[1], FOLDABLE_NORMS)
         and type(primary[2]) is act_type and type(cheap[2]) is act_type
         and primary[0].out_channels == cheap[0].out_channels and module.out_chs == 2 * primary[0].out_channels
         and cheap[0].groups == cheap[0].in_channels

@@ -14,11 +14,16 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = [
     'fold_conv_bn', 'fold_sequential_conv_bn', 'to_channels_last_', 'split_conv_out', 'split_conv_in',
-    'linear_from_conv1x1', 'register_fuser', 'fuse_block',
+    'linear_from_conv1x1', 'register_fuser', 'fuse_block', 'FOLDABLE_NORMS',
 ]
+
+# the norms folded into the conv before them: BatchNorm2d (its running statistics) and the FrozenBatchNorm2d that
+# detection backbones replace it with (timm.layers.freeze_batch_norm_2d; the same four buffers, the same arithmetic)
+FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 Fuser = Callable[[nn.Module], Optional[nn.Module]]
 _FUSERS: Dict[type, Fuser] = {}
@@ -49,10 +54,11 @@ def fuse_block(block: nn.Module) -> nn.Module:
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     """Return a new conv (with bias) computing ``bn(conv(x))`` with ``bn``'s running statistics.
 
-    Shapes are those of ``conv``; ``bn`` must be a ``BatchNorm2d`` over ``conv.out_channels`` channels.
+    Shapes are those of ``conv``; ``bn`` must be a ``BatchNorm2d`` (or a ``FrozenBatchNorm2d``) over
+    ``conv.out_channels`` channels.
     """
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise TypeError(f'bn: expected a BatchNorm2d to fold into {conv}, got {type(bn).__name__}')
+    if not isinstance(bn, FOLDABLE_NORMS):
+        raise TypeError(f'bn: expected a BatchNorm2d or FrozenBatchNorm2d to fold into {conv}, got {type(bn).__name__}')
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError('bn: cannot fold a BatchNorm2d without running statistics (track_running_stats=False)')
     fused = copy.deepcopy(conv)
@@ -64,9 +70,10 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
 
 
 def fold_sequential_conv_bn(seq: nn.Sequential) -> None:
-    """Fold every ``Conv2d`` directly followed by a ``BatchNorm2d`` in ``seq``, in place (the norm becomes Identity)."""
+    """Fold every ``Conv2d`` directly followed by a ``BatchNorm2d`` (or ``FrozenBatchNorm2d``) in ``seq``, in place
+    (the norm becomes Identity)."""
     for i in range(len(seq) - 1):
-        if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+        if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], FOLDABLE_NORMS):
             seq[i] = fold_conv_bn(seq[i], seq[i + 1])
             seq[i + 1] = nn.Identity()
 
