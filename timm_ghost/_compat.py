@@ -16,7 +16,7 @@ import torch
 
 __all__ = [
     'SqueezeExcite', 'feature_take_indices', 'pretrained_cfg_for_features', 'resolve_pretrained_source',
-    'generate_readme', 'http_get', 'onednn_ops', 'disable_onednn', 'executorch_reset_threadpool',
+    'generate_readme', 'http_get', 'onednn_ops', 'disable_onednn', 'executorch_reset_threadpool', 'is_compiling',
 ]
 
 _TESTED_TIMM = '1.0.31'
@@ -55,6 +55,13 @@ feature_take_indices = _private(
 pretrained_cfg_for_features = _private(
     'timm.models._builder', 'pretrained_cfg_for_features',
     why="the pretrained_cfg timm reports for features_only models", since='0.6')
+
+
+# Whether torch.compile (dynamo) is tracing: public as torch.compiler.is_compiling since torch 2.3; torch 2.1 / 2.2 have
+# only torch._dynamo.is_compiling (since 2.0), which the public one now calls.
+is_compiling: Callable[[], bool] = getattr(torch.compiler, 'is_compiling', None) or _private(
+    'torch._dynamo', 'is_compiling', why='whether torch.compile is tracing, before torch.compiler.is_compiling (2.3)',
+    since='2.0', package='torch')
 
 
 # ---------------------------------------------------------------------------------------------- Hub and export only

@@ -95,7 +95,7 @@ def fast_path_enabled(x: torch.Tensor) -> bool:
     exporter watching (they get the portable path of standard ops, which they optimise themselves)."""
     return (
         isinstance(x, torch.Tensor)  # not an fx Proxy
-        and not torch.compiler.is_compiling()
+        and not _compat.is_compiling()
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
         and not torch.is_grad_enabled()
