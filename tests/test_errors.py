@@ -1,6 +1,8 @@
 """Bad input gets a clear error naming the argument and what was expected."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import timm
 import torch
@@ -85,3 +87,93 @@ def test_unknown_pool_is_the_same_error_without_the_concat_note():
         timm.create_model('ghostnet_050', global_pool='mean')
     assert str(info.value) == ("global_pool must be one of ('', 'avg', 'max', 'avgmax', 'fast', 'fastavg', 'fastmax', "
                                "'fastavgmax'), got 'mean'")
+
+
+# ------------------------------------------------------------------------------------------------ weights files
+ACCEPTED = ('--weights takes a .safetensors file, a torch checkpoint of tensors (.pth / .pt / .bin / .pth.tar / '
+            '.ckpt), a PaddleClas .pdparams, or a folder with model.safetensors + config.json')
+
+
+@pytest.fixture(scope='module')
+def image(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+    path = tmp_path_factory.mktemp('img') / 'img.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    """A Hub-ready folder of a 3-class ghostnet_050 (timm's save_for_hf)."""
+    from timm.models import save_for_hf
+    root = tmp_path_factory.mktemp('hub') / 'folder'
+    save_for_hf(timm.create_model('ghostnet_050', num_classes=3), root, safe_serialization=True)
+    return root
+
+
+def _predict_error(capsys, image, *args) -> str:
+    from timm_ghost.cli import main
+    assert main(['predict', str(image), *args]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err.count('\n') == 1  # one line, no traceback
+    return captured.err.rstrip('\n')
+
+
+def test_corrupt_safetensors_is_one_line_naming_the_file(capsys, image, tmp_path, folder):
+    bad = tmp_path / 'corrupt.safetensors'
+    bad.write_bytes(b'\xff' * 64)  # a header length of 2**64 - 1 bytes
+    assert _predict_error(capsys, image, '--weights', str(bad)) == (
+        f'timm-ghost predict: error: --weights {bad}: not a readable safetensors file, truncated or corrupt (Error '
+        f'while deserializing header: header too large; 64 bytes)')
+    cut = tmp_path / 'cut'
+    shutil.copytree(folder, cut)
+    weights = cut / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    expected = (f'{weights}: not a readable safetensors file, truncated or corrupt (Error while deserializing header: '
+                f'incomplete metadata, file not fully covered; 100,000 bytes)')
+    assert _predict_error(capsys, image, '--weights', str(cut)) == f'timm-ghost predict: error: --weights {expected}'
+    assert _predict_error(capsys, image, '--model', f'local-dir:{cut}') == (
+        f'timm-ghost predict: error: --model local-dir:{cut}: {expected}')
+
+
+def test_weights_of_another_format_say_what_the_file_is_and_what_is_accepted(capsys, image, tmp_path):
+    import numpy as np
+    np.savez(tmp_path / 'w.npz', conv=np.zeros((4, 3, 3, 3), np.float32))
+    (tmp_path / 'bad.pth').write_text('these are not weights\n')
+    np.save(tmp_path / 'w.npy', np.zeros(3))
+    cases = {'w.npz': 'a NumPy archive (.npz), not a weights file timm-ghost reads',
+             'bad.pth': 'a text file, not a torch checkpoint',
+             'w.npy': 'a NumPy array (.npy), not a weights file timm-ghost reads'}
+    for name, what in cases.items():
+        err = _predict_error(capsys, image, '--weights', str(tmp_path / name))
+        assert err == f'timm-ghost predict: error: --weights {tmp_path / name}: {what}; {ACCEPTED}'
+        assert 'weights_only=False' not in err
+
+
+def test_checkpoint_with_objects_is_refused_without_advice_to_run_code(capsys, image, tmp_path):
+    model = timm.create_model('ghostnet_050', num_classes=3)
+    torch.save({'model': model}, tmp_path / 'whole_model.pth')  # pickles the module: loading it would run code
+    err = _predict_error(capsys, image, '--weights', str(tmp_path / 'whole_model.pth'))
+    assert err == (f'timm-ghost predict: error: --weights {tmp_path / "whole_model.pth"}: a torch checkpoint that '
+                   f'holds Python objects besides tensors; timm-ghost loads only tensors (weights_only=True) and never '
+                   f'runs code from a file. Re-save its state_dict (torch.save(model.state_dict(), ...)) or save it as '
+                   f'safetensors')
+    torch.save(model.state_dict(), tmp_path / 'sd.pth')
+    (tmp_path / 'cut.pth').write_bytes((tmp_path / 'sd.pth').read_bytes()[:5000])
+    err = _predict_error(capsys, image, '--weights', str(tmp_path / 'cut.pth'))
+    assert err.startswith(f'timm-ghost predict: error: --weights {tmp_path / "cut.pth"}: a truncated or damaged zip '
+                          f'archive (the format of torch checkpoints and NumPy .npz files), not a torch checkpoint')
+
+
+def test_invalid_config_json_is_named(capsys, image, tmp_path, folder):
+    broken = tmp_path / 'broken'
+    shutil.copytree(folder, broken)
+    (broken / 'config.json').write_text('{architecture: "ghostnet_050"}')
+    expected = (f'{broken / "config.json"}: not valid JSON (Expecting property name enclosed in double quotes: line 1 '
+                f'column 2 (char 1))')
+    assert _predict_error(capsys, image, '--weights', str(broken)) == f'timm-ghost predict: error: --weights {expected}'
+    assert _predict_error(capsys, image, '--weights', str(broken / 'model.safetensors')) == (
+        f'timm-ghost predict: error: --weights {broken / "model.safetensors"}: {expected}')
+    assert _predict_error(capsys, image, '--model', f'local-dir:{broken}') == (
+        f'timm-ghost predict: error: --model local-dir:{broken}: {expected}')

@@ -16,7 +16,7 @@ from helpers import builtin_model, randomize_
 from hub_server import HubServer, hub_env, run_client, state_digest
 from safetensors.torch import load_file, save_file
 
-from timm_ghost import PAPER_RESULTS, cli
+from timm_ghost import cli
 from timm_ghost.errors import ConversionError
 from timm_ghost.models_info import count_params
 from timm_ghost.publish import HUB_FILES
@@ -92,8 +92,8 @@ def test_model_card_has_params_macs_accuracy_licence_citation(converted, source)
     macs = stdout.split(' M MACs')[0].rsplit(', ', 1)[1]  # as measured by convert
     assert f'MACs (M): {macs} (at 224 x 224)' in card
     assert 130 < float(macs) < 150  # the paper: 141 M
-    paper = PAPER_RESULTS['ghostnet_100']
-    assert f'top-1 {paper.top1}, top-5 {paper.top5}' in card and 'not a measurement of these weights' in card
+    assert ('Reported in the paper for this architecture (ImageNet-1k, 224 px; not a measurement of these weights): '
+            '5.2 M params, 141 M MACs, top-1 73.9, top-5 91.4') in card  # the paper's table, written out
     assert '@inproceedings{han2020ghostnet' in card
     assert "timm.create_model('hf-hub:org/ghostnet_100.test', pretrained=True)" in card
 
@@ -112,6 +112,46 @@ def test_convert_timm_checkpoint_with_other_classes_and_measured_accuracy(tmp_pa
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (model(x) - reference(x)).abs().max().item() < 1e-5
+
+
+def test_converted_metadata_describes_these_weights_not_the_default_tag(tmp_path):
+    """ghostnet_050's default tag is PaddleClas's ImageNet release (66.8 % top-1): none of it may describe a 10-class
+    file of unknown origin; what the user says about the weights is what the folder says."""
+    src = tmp_path / 'w.safetensors'
+    save_file(randomize_(timm.create_model('ghostnet_050', num_classes=10), 25).state_dict(), src)
+    assert cli.main(['convert', str(src), str(tmp_path / 'plain'), '--model', 'ghostnet_050']) == 0
+    cfg = json.loads((tmp_path / 'plain' / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['description'] == ('w.safetensors, converted with timm-ghost convert; how these weights were trained is '
+                                  'not recorded')
+    assert cfg['notes'] == [] and 'tag' not in cfg and 'origin_url' not in cfg and cfg['license'] == 'apache-2.0'
+    for name in ('config.json', 'README.md'):
+        text = (tmp_path / 'plain' / name).read_text()
+        assert 'PaddleClas' not in text and '66.8' not in text and 'paddle_in1k' not in text, name
+    assert f'- **Weights:** {cfg["description"]}' in (tmp_path / 'plain' / 'README.md').read_text()
+
+    assert cli.main(['convert', str(tmp_path / 'w.safetensors'), str(tmp_path / 'told'), '--model', 'ghostnet_050',
+                     '--description', 'timm train.py, 30 epochs, SGD', '--dataset', 'digits', '--top1', '97.5',
+                     '--top5', '99.9', '--tag', 'digits', '--license', 'mit']) == 0
+    cfg = json.loads((tmp_path / 'told' / 'config.json').read_text())['pretrained_cfg']
+    assert (cfg['description'], cfg['tag'], cfg['license']) == ('timm train.py, 30 epochs, SGD', 'digits', 'mit')
+    assert cfg['notes'] == ['top-1 97.5, top-5 99.9 on digits (given to timm-ghost convert)']
+
+
+def test_convert_keeps_the_input_size_and_labels_of_a_config_beside_the_file(tmp_path):
+    """A file in a folder timm's save_for_hf wrote (as the demo does): its size, preprocessing and labels stay; its
+    description does not (convert says what it knows)."""
+    from timm.models import save_for_hf
+    model = randomize_(timm.create_model('ghostnet_050', num_classes=3), 26).eval()
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32), crop_pct=1.0)
+    save_for_hf(model, tmp_path / 'trained', model_config=dict(label_names=['cat', 'dog', 'owl']),
+                safe_serialization=True)
+    assert cli.main(['convert', str(tmp_path / 'trained' / 'model.safetensors'), str(tmp_path / 'out'), '--model',
+                     'ghostnet_050']) == 0
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['label_names'] == ['cat', 'dog', 'owl']
+    assert config['pretrained_cfg']['input_size'] == [3, 32, 32] and config['pretrained_cfg']['crop_pct'] == 1.0
+    assert 'PaddleClas' not in json.dumps(config)
+    assert 'MACs (M): ' in (card := (tmp_path / 'out' / 'README.md').read_text()) and '(at 32 x 32)' in card
 
 
 def test_convert_timm_training_checkpoint_takes_ema_unless_told(tmp_path, source):
@@ -212,9 +252,10 @@ def test_push_uploads_to_the_hub_and_loads_back(converted, source, tmp_path):
             {'id': 'load', 'model': 'hf-hub:org/ghostnet-test', 'kwargs': {'pretrained': True}},
             {'id': 'load-dev', 'model': 'hf-hub:org/ghostnet-test@dev', 'kwargs': {'pretrained': True}},
         ], hub_env(hub.endpoint, tmp_path / 'hf_home'))
-        refused = run.stderr['push-no-token']
+        # no token: one line before any request, not the Hub's 401 (nor a traceback)
         assert run['push-no-token']['code'] == 1
-        assert 'upload to org/ghostnet-test failed' in refused and '401' in refused and 'HF_TOKEN' in refused
+        assert run.stderr['push-no-token'] == ('timm-ghost push: error: push to org/ghostnet-test: no Hugging Face '
+                                               'token; set HF_TOKEN or run `hf auth login` with a write token\n')
         for action in ('push', 'push-same', 'push-dev', 'push-private'):
             assert run[action]["ok"], (run[action], run.raw_stderr[-2000:])
         assert (hub.repos['org/ghostnet-test'].private, hub.repos['org/ghostnet-private'].private) == (False, True)
@@ -224,4 +265,21 @@ def test_push_uploads_to_the_hub_and_loads_back(converted, source, tmp_path):
         assert dev['README.md'].endswith(b'Revised card.\n') and dev['model.safetensors'] == main['model.safetensors']
         assert len(hub.seen('PUT', '/cdn/upload/')) == 1  # the weights went up once, through the LFS batch API
         assert len(hub.seen('POST', '/api/models/org/ghostnet-test/commit/')) == 2
+        # one per push with a token (push, push-same, push-dev: 409 exists, push-private); none without a token
+        assert [r.status for r in hub.seen('POST', '/api/repos/create')] == [200, 409, 409, 200]
         assert run['load']['digest'] == run['load-dev']['digest'] == state_digest(source[1])
+
+
+def test_push_without_network_is_one_line(converted, tmp_path):
+    """A token but no Hub to reach (nothing listens at the endpoint): one line naming the cause, no traceback."""
+    import socket
+    with socket.socket() as sock:  # a port nothing listens on: bound, then closed
+        sock.bind(('127.0.0.1', 0))
+        endpoint = f'http://127.0.0.1:{sock.getsockname()[1]}'
+    _, out, _ = converted
+    run = run_client([{'id': 'push', 'cli': ['push', str(out), 'org/offline']}],
+                     hub_env(endpoint, tmp_path / 'hf_home', HF_TOKEN='hf_loopback'))
+    assert run['push']['code'] == 1
+    assert run.stderr['push'] == (f'timm-ghost push: error: upload to org/offline failed: could not reach the Hub at '
+                                  f'{endpoint} (ConnectionRefusedError: Connection refused); nothing was uploaded. '
+                                  f'Check the connection and HF_ENDPOINT\n')

@@ -309,6 +309,62 @@ def test_predict_bare_file_takes_the_head_from_its_tensors(tmp_path, image_file)
             assert (loaded(x) - model(x)).abs().max().item() == 0.0  # the trained head, not a fresh random one
 
 
+def test_predict_bare_file_reports_no_default_tag_provenance(tmp_path):
+    model = randomize_(timm.create_model('ghostnet_050', num_classes=10), seed=2)
+    save_file(model.state_dict(), tmp_path / 'w.safetensors')
+    loaded, _ = load_model('ghostnet_050', str(tmp_path / 'w.safetensors'))
+    cfg = loaded.pretrained_cfg
+    assert cfg['file'] == str(tmp_path / 'w.safetensors') and cfg['num_classes'] == 10
+    assert [cfg.get(k) for k in ('tag', 'description', 'notes', 'origin_url', 'license')] == [None] * 5
+    assert timm.create_model('ghostnet_050').pretrained_cfg['tag'] == 'paddle_in1k'  # what it would otherwise say
+
+
+def _train_py_checkpoint(path: Path, img_size: int, **args) -> torch.nn.Module:
+    """A checkpoint as timm's train.py saves it (args Namespace, state_dict and state_dict_ema), 10 classes."""
+    import argparse
+    model = randomize_(timm.create_model('ghostnet_050', num_classes=10), seed=4).eval()
+    train_args = dict(model='ghostnet_050', img_size=img_size, input_size=None, crop_pct=None, mean=None, std=None,
+                      interpolation='', num_classes=10, lr=0.1)
+    train_args.update(args)
+    torch.save({'epoch': 9, 'arch': 'ghostnet_050', 'state_dict': model.state_dict(),
+                'state_dict_ema': model.state_dict(), 'args': argparse.Namespace(**train_args)}, path)
+    return model
+
+
+def test_predict_train_py_checkpoint_runs_at_its_training_size(capsys, tmp_path, image_file):
+    trained = _train_py_checkpoint(tmp_path / 'model_best.pth.tar', img_size=32, crop_pct=1.0)
+    # --model says ghostnet_100 (the default): the checkpoint's args name the architecture it was trained as
+    model, _ = load_model('ghostnet_100', str(tmp_path / 'model_best.pth.tar'))
+    cfg = model.pretrained_cfg
+    assert cfg['architecture'] == 'ghostnet_050' and model.num_classes == 10
+    assert tuple(cfg['input_size']) == (3, 32, 32) and cfg['crop_pct'] == 1.0
+    assert cfg['interpolation'] == timm.create_model('ghostnet_050').pretrained_cfg['interpolation']  # not given
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - trained(x)).abs().max().item() == 0.0
+    assert main(['predict', str(image_file), '--weights', str(tmp_path / 'model_best.pth.tar')]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f'ghostnet_050 ({tmp_path / "model_best.pth.tar"}, 32x32 px) on {image_file}:'
+
+
+def test_predict_img_size_option(capsys, tmp_path, image_file, random_weights):
+    from timm.data import create_transform, resolve_data_config
+    _train_py_checkpoint(tmp_path / 'ckpt.pth.tar', img_size=32)
+    assert main(['predict', str(image_file), '--weights', str(tmp_path / 'ckpt.pth.tar'), '--img-size', '48']) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(', 48x48 px) on ' + str(image_file) + ':')
+    model, _ = load_model('ghostnet_100', str(random_weights))
+    rows = predict_topk(model, str(image_file), k=5, img_size=96)
+    config = resolve_data_config({'input_size': (3, 96, 96)}, model=model)
+    x = create_transform(**config)(Image.open(image_file).convert('RGB')).unsqueeze(0)
+    assert x.shape == (1, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x).softmax(-1)[0].topk(5)
+    assert [r['index'] for r in rows] == expected.indices.tolist()
+    assert main(['predict', str(image_file), '--weights', str(random_weights), '--img-size', '8']) == 1
+    assert capsys.readouterr().err == ('timm-ghost predict: error: img_size (--img-size) must be >= 16 (GhostNet '
+                                       'downsamples by 32), got 8\n')
+
+
 def test_predict_headless_weights_are_refused(capsys, tmp_path, image_file):
     model = timm.create_model('ghostnet_050', num_classes=0)
     save_file(model.state_dict(), tmp_path / 'features.safetensors')
@@ -404,6 +460,16 @@ def test_demo_reduced(tmp_path, capsys):
     assert config['architecture'] == 'ghostnet_050' and config['num_classes'] == 10
     assert config['label_names'] == [str(i) for i in range(10)]
     assert config['pretrained_cfg']['input_size'] == [3, 16, 16]
+    # the folder describes these weights: what trained them, on what, with which result; nothing of ghostnet_050's
+    # default tag (PaddleClas's ImageNet release, its 66.8 % top-1)
+    cfg = config['pretrained_cfg']
+    assert 'tag' not in cfg and 'origin_url' not in cfg and 'license' not in cfg
+    assert cfg['description'] == ("trained from scratch by timm-ghost demo on scikit-learn's handwritten digits (1437 "
+                                  'training images, 10 classes, 16 px): 2 epochs, sgd lr 0.2, cosine schedule, label '
+                                  'smoothing 0.1, drop path 0.05, seed 0')
+    assert cfg['notes'] == [f'validation top-1 {r["val_top1"]:.2f} % on the 360 held-out digits (measured by the demo)']
+    text = (out / 'model' / 'config.json').read_text()
+    assert 'PaddleClas' not in text and 'ImageNet' not in text and '66.8' not in text
     for row in ('val top-1, trained', 'val top-1, reloaded (local-dir:)', 'val top-1, BN-fused', 'fused vs unfused',
                 'CPU latency, batch 64', 'Hub-ready folder'):
         assert f'| {row}' in printed

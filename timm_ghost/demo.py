@@ -262,6 +262,7 @@ def _run_demo(out: Path, cfg: DemoConfig, force: bool, progress: bool, log: Call
         model_dir = tmp / 'model'
         label_names = [str(i) for i in range(digits.num_classes)]
         model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors only
+        model.pretrained_cfg = _digits_weights_cfg(model.pretrained_cfg, cfg, digits, val_top1)
         save_for_hf(model, model_dir, model_config=dict(label_names=label_names), safe_serialization=True,
                     data_config=data_config)
         log(f'[3/5] saved a Hub-ready folder: {out / "model"} '
@@ -295,6 +296,21 @@ def _run_demo(out: Path, cfg: DemoConfig, force: bool, progress: bool, log: Call
         )
         (tmp / 'results.json').write_text(json.dumps(asdict(result), indent=2) + '\n')
     return result
+
+
+def _digits_weights_cfg(cfg: Dict[str, Any], demo: DemoConfig, digits: Any, val_top1: float) -> Dict[str, Any]:
+    """The pretrained cfg saved with the demo's weights: what trained them, on what, with which result (nothing of
+    the variant's default ImageNet tag)."""
+    from .publish import weights_cfg
+
+    return weights_cfg(
+        cfg, tag=None,
+        description=(f'trained from scratch by timm-ghost demo on scikit-learn\'s handwritten digits '
+                     f'({digits.counts["train"]} training images, {digits.num_classes} classes, {demo.img_size} px): '
+                     f'{demo.epochs} epochs, {demo.opt} lr {demo.lr}, {demo.sched} schedule, label smoothing '
+                     f'{demo.smoothing}, drop path {demo.drop_path_rate}, seed {demo.seed}'),
+        notes=[f'validation top-1 {val_top1:.2f} % on the {digits.counts["validation"]} held-out digits (measured by '
+               f'the demo)'])
 
 
 def format_results(r: DemoResult) -> str:

@@ -9,6 +9,7 @@ the tensors, the input size, crop and normalisation from a ``config.json`` besid
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -42,47 +43,144 @@ def _where_from(name: str) -> str:
             f'then reads)')
 
 
+TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.tar', '.ckpt')
+_ACCEPTED = ('a .safetensors file, a torch checkpoint of tensors (.pth / .pt / .bin / .pth.tar / .ckpt), a PaddleClas '
+             '.pdparams, or a folder with model.safetensors + config.json')
+
+
+def _what_file(path: Path) -> str:
+    """What ``path`` holds, from its first bytes, for an error message."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    if not head:
+        return 'an empty file'
+    if head.startswith(b'\x93NUMPY'):
+        return 'a NumPy array (.npy)'
+    if head.startswith(b'PK\x03\x04'):
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return 'a truncated or damaged zip archive (the format of torch checkpoints and NumPy .npz files)'
+        if any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+            return 'a torch checkpoint'
+        if names and all(n.endswith('.npy') for n in names):
+            return 'a NumPy archive (.npz)'
+        return 'a zip archive'
+    if head.startswith(b'\x89HDF'):
+        return 'an HDF5 file (Keras?)'
+    if head[:1] == b'\x80':
+        return 'a Python pickle'
+    try:
+        head.decode('utf-8')
+    except UnicodeDecodeError:
+        return 'binary data of no format timm-ghost knows'
+    return 'a text file'
+
+
 def _tensor_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
-    """``{name: shape}`` of the tensors in a local weights file (safetensors: header only; torch pickles: loaded with
-    ``weights_only=True``); empty for other formats."""
+    """``{name: shape}`` of the tensors in a local weights file (safetensors: header only; torch checkpoints: loaded
+    with ``weights_only=True``); empty for a PaddleClas ``.pdparams``. Raises PretrainedWeightsError naming the file
+    and saying what it is when it is none of these, or unreadable."""
     if path.suffix == '.safetensors':
         from safetensors import safe_open
-        with safe_open(str(path), framework='pt') as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    if path.suffix in ('.pth', '.pt', '.bin', '.tar', '.ckpt'):
+        try:
+            with safe_open(str(path), framework='pt') as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # SafetensorError (header too large, incomplete metadata...) is no OSError
+            raise PretrainedWeightsError(
+                f'{path}: not a readable safetensors file, truncated or corrupt ({_one_line(e)}; '
+                f'{path.stat().st_size:,d} bytes)') from e
+    if path.suffix in TORCH_SUFFIXES:
         from timm.models import load_state_dict
+
+        what = _what_file(path)
+        if what not in ('a Python pickle', 'a torch checkpoint'):
+            raise PretrainedWeightsError(f'{path}: {what}, not a torch checkpoint; --weights takes {_ACCEPTED}')
         try:
             state_dict = load_state_dict(str(path), weights_only=True)
-        except Exception as e:
-            raise PretrainedWeightsError(f'{path}: not a readable checkpoint ({type(e).__name__}: {e})') from e
+        except Exception as e:  # torch.load fails in many ways (UnpicklingError, KeyError, OSError...): name the file
+            if isinstance(e, pickle.UnpicklingError) or 'weights_only' in str(e):
+                raise PretrainedWeightsError(
+                    f'{path}: a torch checkpoint that holds Python objects besides tensors; timm-ghost loads only '
+                    f'tensors (weights_only=True) and never runs code from a file. Re-save its state_dict '
+                    f'(torch.save(model.state_dict(), ...)) or save it as safetensors') from e
+            raise PretrainedWeightsError(
+                f'{path}: not a readable torch checkpoint, truncated or corrupt ({type(e).__name__}: '
+                f'{_one_line(e)})') from e
         return {k.removeprefix('module.'): tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    return {}
+    from .paddle import looks_like_pdparams
+    if looks_like_pdparams(path):
+        return {}
+    raise PretrainedWeightsError(f'{path}: {_what_file(path)}, not a weights file timm-ghost reads; --weights takes '
+                                 f'{_ACCEPTED}')
 
 
-def _config_beside(path: Path) -> Optional[Dict[str, Any]]:
-    """The timm ``config.json`` in the weights file's folder, if there is one."""
-    config = path.parent / 'config.json'
-    if not config.is_file():
-        return None
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _train_args(path: Path) -> Dict[str, Any]:
+    """The ``args`` timm's train.py saves in its checkpoints (model, image size, preprocessing), or empty."""
+    import argparse
+    if path.suffix not in TORCH_SUFFIXES:
+        return {}
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception:  # anything unreadable was reported by _tensor_shapes already
+        return {}
+    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
+
+
+def _input_from_train_args(args: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
+    """The pretrained-cfg entries train.py's arguments fix: the input size it trained at and the preprocessing it
+    was given (what train.py left to the model's cfg is left to it here too)."""
+    cfg: Dict[str, Any] = {}
+    if args.get('input_size'):
+        cfg['input_size'] = tuple(args['input_size'])
+    elif args.get('img_size'):
+        cfg['input_size'] = (in_chans, int(args['img_size']), int(args['img_size']))
+    for key in ('crop_pct', 'mean', 'std', 'interpolation'):
+        if args.get(key) not in (None, ''):
+            cfg[key] = tuple(args[key]) if isinstance(args[key], (list, tuple)) else args[key]
+    return cfg
+
+
+def _read_config(config: Path) -> Dict[str, Any]:
+    """A timm ``config.json``, or PretrainedWeightsError naming it."""
     try:
         data = json.loads(config.read_text(encoding='utf-8'))
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise PretrainedWeightsError(f'{config}: not valid JSON ({e})') from e
     if not isinstance(data, dict) or not isinstance(data.get('pretrained_cfg', {}), dict):
         raise PretrainedWeightsError(f'{config}: expected timm\'s config.json (an object with pretrained_cfg)')
     return data
 
 
+def _config_beside(path: Path) -> Optional[Dict[str, Any]]:
+    """The timm ``config.json`` in the weights file's folder, if there is one."""
+    config = path.parent / 'config.json'
+    return _read_config(config) if config.is_file() else None
+
+
 def _file_model(model_name: str, path: Path) -> nn.Module:
-    """``model_name`` with the head, input size and preprocessing the weights file ``path`` brings, weights loaded."""
+    """``model_name`` with the head, input size and preprocessing the weights file ``path`` brings, weights loaded.
+
+    Input size and preprocessing come from a ``config.json`` beside the file, else from the arguments a timm
+    ``train.py`` checkpoint records. Nothing of the variant's default tag (its origin, description, results) is
+    reported for these weights."""
     import dataclasses
 
     import timm
     from timm.models import PretrainedCfg
 
-    overlay: Dict[str, Any] = {}
+    overlay: Dict[str, Any] = dict(tag=None, description=None, notes=None, origin_url=None, license=None)
     kwargs: Dict[str, Any] = {}
     config = _config_beside(path)
+    shapes = _tensor_shapes(path)
     if config is not None:
         arch = config.get('architecture', model_name)
         if arch not in WIDTHS:
@@ -95,7 +193,13 @@ def _file_model(model_name: str, path: Path) -> nn.Module:
                 overlay[key] = config[key]
         if 'num_classes' in config:
             kwargs['num_classes'] = config['num_classes']
-    shapes = _tensor_shapes(path)
+    else:
+        args = _train_args(path)
+        arch = str(args.get('model') or '').split('/')[-1].split('.')[0]
+        if arch in WIDTHS:
+            model_name = arch
+        in_chans = shapes['conv_stem.weight'][1] if 'conv_stem.weight' in shapes else 3
+        overlay.update(_input_from_train_args(args, in_chans))
     if 'classifier.weight' in shapes:
         kwargs['num_classes'] = shapes['classifier.weight'][0]
     elif shapes and 'conv_stem.weight' in shapes:
@@ -110,6 +214,24 @@ def _file_model(model_name: str, path: Path) -> nn.Module:
     if 'num_classes' in kwargs:  # timm keeps a checkpoint's classifier only when the cfg says it has this many classes
         overlay['num_classes'] = kwargs['num_classes']
     return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def _folder_model(path: Path) -> nn.Module:
+    """A folder saved for the Hub, its config.json and weights checked first so that a broken one is named."""
+    import timm
+
+    from .hub import PICKLE_WEIGHTS_NAMES, SAFE_WEIGHTS_NAME
+
+    config = path / 'config.json'
+    if not config.is_file():
+        raise PretrainedWeightsError(f'{path} has no config.json: --weights takes {_ACCEPTED}')
+    _read_config(config)
+    weights = next((path / n for n in (SAFE_WEIGHTS_NAME, *PICKLE_WEIGHTS_NAMES) if (path / n).is_file()), None)
+    if weights is None:
+        raise PretrainedWeightsError(f'{path} holds no weights ({SAFE_WEIGHTS_NAME} or '
+                                     f'{", ".join(PICKLE_WEIGHTS_NAMES)})')
+    _tensor_shapes(weights)
+    return timm.create_model(f'local-dir:{path}', pretrained=True)
 
 
 def load_model(
@@ -144,6 +266,14 @@ def load_model(
     if remote:
         if weights is not None:
             raise ValueError(f'--weights cannot be combined with --model {model_name} (it brings its own weights)')
+        if model_name.startswith('local-dir:'):
+            folder = Path(model_name[len('local-dir:'):]).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(f'--model {model_name}: no such folder')
+            try:
+                return _folder_model(folder).eval(), model_name
+            except PretrainedWeightsError as e:
+                raise PretrainedWeightsError(f'--model {model_name}: {e}') from e
         return timm.create_model(model_name, pretrained=True).eval(), model_name
     if weights is None:
         name = f'{model_name}.{tag}' if tag else model_name
@@ -160,14 +290,16 @@ def load_model(
                 f'no weights for {name}: {str(e).rstrip(".")}. To get them: {_where_from(name)}, or {_WEIGHTS_HELP}'
             ) from e
     path = Path(weights).expanduser()
-    if path.is_dir():
-        return timm.create_model(f'local-dir:{path}', pretrained=True).eval(), f'local-dir:{path}'
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f'--weights: no such file or folder: {weights}')
     try:
+        if path.is_dir():
+            return _folder_model(path).eval(), f'local-dir:{path}'
         return _file_model(model_name, path).eval(), str(path)
-    except PretrainedWeightsError as e:
-        raise PretrainedWeightsError(f'--weights {weights}: {e}') from e
+    except PretrainedWeightsError as e:  # messages that start with the file's path name it once
+        message = str(e)
+        raise PretrainedWeightsError(
+            f'--weights {message}' if message.startswith(str(path)) else f'--weights {weights}: {message}') from e
 
 
 def class_labels(model: nn.Module) -> Optional[Tuple[List[str], List[str]]]:
@@ -188,8 +320,9 @@ def class_labels(model: nn.Module) -> Optional[Tuple[List[str], List[str]]]:
 
 
 @torch.inference_mode()
-def predict_topk(model: nn.Module, image: str, k: int = 5) -> List[Dict[str, Any]]:
-    """Top-``k`` classes of ``image`` (any file PIL reads) under ``model``'s own preprocessing (its data config).
+def predict_topk(model: nn.Module, image: str, k: int = 5, img_size: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Top-``k`` classes of ``image`` (any file PIL reads) under ``model``'s own preprocessing (its data config),
+    at ``img_size`` x ``img_size`` pixels if given (else the size the data config says).
 
     Returns ``min(k, num_classes)`` dicts (best first): ``index``, ``prob`` (softmax, 0..1), ``label`` and
     ``description``. Raises FileNotFoundError / IsADirectoryError / ValueError naming ``image``.
@@ -199,6 +332,8 @@ def predict_topk(model: nn.Module, image: str, k: int = 5) -> List[Dict[str, Any
 
     if k < 1:
         raise ValueError(f'k (--top-k) must be >= 1, got {k}')
+    if img_size is not None and img_size < 16:
+        raise ValueError(f'img_size (--img-size) must be >= 16 (GhostNet downsamples by 32), got {img_size}')
     if Path(image).is_dir():
         raise IsADirectoryError(f'IMAGE {image} is a folder; give one image file')
     try:
@@ -210,7 +345,8 @@ def predict_topk(model: nn.Module, image: str, k: int = 5) -> List[Dict[str, Any
         raise ValueError(f'IMAGE {image}: not an image file PIL can read ({e})') from e
     if model.num_classes < 1:
         raise ValueError('the model has no classifier (num_classes=0)')
-    transform = create_transform(**resolve_data_config(model=model))
+    size = {'input_size': (model.in_chans, img_size, img_size)} if img_size else {}
+    transform = create_transform(**resolve_data_config(size, model=model))
     x = transform(img).unsqueeze(0)  # (1, C, H, W)
     probs = model(x).softmax(dim=-1)[0]
     top = probs.topk(min(k, probs.numel()))
@@ -225,9 +361,10 @@ def _cmd_predict(args: Any) -> int:
     if Path(args.image).is_dir():
         raise IsADirectoryError(f'IMAGE {args.image} is a folder; give one image file')
     model, source = load_model(args.model, args.weights, args.tag)
-    rows = predict_topk(model, args.image, args.top_k)
+    rows = predict_topk(model, args.image, args.top_k, img_size=args.img_size)
     arch = model.pretrained_cfg.get('architecture', args.model)
-    size = 'x'.join(str(s) for s in model.pretrained_cfg.get('input_size', ())[1:])
+    size = f'{args.img_size}x{args.img_size}' if args.img_size else 'x'.join(
+        str(s) for s in model.pretrained_cfg.get('input_size', ())[1:])
     print(f'{arch} ({source}, {size} px) on {args.image}:')
     for rank, r in enumerate(rows, 1):
         text = f'{r["label"]}  {r["description"]}' if r['description'] else r['label']
@@ -256,4 +393,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument('image', metavar='IMAGE', help='image file')
     add_model_arguments(p)
     p.add_argument('--top-k', type=int, default=5, help='classes to show (default 5)')
+    p.add_argument('--img-size', type=int, default=None, metavar='PIXELS',
+                   help="input size (default: the weights' own: config.json beside them, the image size a train.py "
+                        "checkpoint was trained at, or the pretrained cfg's)")
     p.set_defaults(func=_cmd_predict)

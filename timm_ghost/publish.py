@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from . import _compat, paddle
+from . import _compat, _http, paddle
 from ._http import sha256_file
 from ._io import atomic_output_dir, check_output_dir
 from .errors import ConversionError
 
-__all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'HUB_FILES', 'CITATION']
+__all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'weights_cfg', 'WEIGHTS_KEYS', 'HUB_FILES',
+           'CITATION']
 
 HUB_FILES = ('model.safetensors', 'config.json', 'README.md')
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.pickle', '.ckpt', '.tar')
@@ -36,6 +37,27 @@ CITATION = """@inproceedings{han2020ghostnet,
   year={2020}
 }"""
 _VERIFY_TOLERANCE = 1e-5  # max abs logit difference accepted between the source model and the folder loaded back
+# The pretrained-cfg keys that describe one set of weights (where they come from, what made them, what they scored),
+# as opposed to the architecture and the input it takes. A model built without loading weights carries its default
+# tag's values (PaddleClas's ImageNet release for ghostnet_050); they must never travel with other weights.
+WEIGHTS_KEYS = ('tag', 'url', 'hf_hub_id', 'hf_hub_filename', 'file', 'source', 'state_dict', 'origin_url',
+                'description', 'notes', 'license')
+# preprocessing a timm config.json beside a checkpoint records for those weights (convert keeps it)
+_INPUT_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
+
+
+def weights_cfg(cfg: Dict[str, Any], description: str, notes: Sequence[str] = (), tag: Optional[str] = None,
+                license: Optional[str] = None, origin_url: Optional[str] = None) -> Dict[str, Any]:
+    """``cfg`` (a model's pretrained cfg) describing other weights: every :data:`WEIGHTS_KEYS` entry of the tag it
+    was built from is dropped, and ``description`` (what trained these weights, on what), ``notes`` (their results),
+    ``tag``, ``license`` and ``origin_url`` take their place (None: not recorded). Architecture and input keys stay."""
+    out = {k: v for k, v in cfg.items() if k not in WEIGHTS_KEYS}
+    out.update(tag=tag, description=description, notes=tuple(notes))
+    if license:
+        out['license'] = license
+    if origin_url:
+        out['origin_url'] = origin_url
+    return out
 
 
 def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
@@ -51,6 +73,21 @@ def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
         raise ConversionError(
             f'src {src}: not a readable checkpoint (safetensors, or a torch pickle of tensors loadable with '
             f'weights_only=True): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
+
+
+def _config_beside(src: Path, model_name: str) -> Dict[str, Any]:
+    """The timm ``config.json`` in ``src``'s folder when it is one for ``model_name`` with as many classes (else
+    empty): its input size, preprocessing and label names describe the weights beside it."""
+    path = src.parent / 'config.json'
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConversionError(f'{path}: not valid JSON ({e}); fix or remove it (it would describe {src.name})') from e
+    if not isinstance(config, dict) or config.get('architecture') != model_name:
+        return {}
+    return config
 
 
 def _build_source_model(model_name: str, raw: Dict[str, Any]) -> torch.nn.Module:
@@ -97,6 +134,7 @@ def _model_card(model: torch.nn.Module, model_name: str, repo_id: str, params: i
         },
         'Papers': {'GhostNet: More Features from Cheap Operations': 'https://arxiv.org/abs/1911.11907'},
         'Original': 'https://github.com/huawei-noah/Efficient-AI-Backbones',
+        'Weights': model.pretrained_cfg['description'],
     }
     details.update(extra_details or {})
     if dataset:
@@ -137,6 +175,7 @@ def convert_checkpoint(
         top5: Optional[float] = None,
         dataset: Optional[str] = None,
         license: str = 'apache-2.0',
+        description: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Turn a checkpoint into a Hub-ready folder ``out`` (``model.safetensors``, ``config.json``, ``README.md``).
 
@@ -149,7 +188,11 @@ def convert_checkpoint(
         model_name: ghostnet_050, ghostnet_100 or ghostnet_130.
         use_ema: take ``state_dict_ema`` when the checkpoint has one.
         repo_id: the Hub repository the card's usage snippet names (default ``<user>/<out folder name>``).
-        tag, top1, top5, dataset, license: recorded in config.json / the model card; accuracy only if given.
+        tag, top1, top5, dataset, license, description: what config.json and the model card say about these weights
+            (what trained them, on what, with which result); nothing of the variant's default tag is kept, and what
+            is not given is said to be unrecorded. Only a PaddleClas release file itself gets that release's
+            provenance. A timm ``config.json`` beside ``src`` (as ``timm-ghost demo`` writes) gives the input size,
+            preprocessing and label names.
     Returns:
         Summary: ``params``, ``macs``, ``num_classes``, ``max_abs_diff`` (logits of the folder loaded back vs the
         source model, on a fixed random batch of 2 x in_chans x H x W), and ``files`` (name -> size, sha256).
@@ -173,19 +216,31 @@ def convert_checkpoint(
     repo_id = repo_id or f'<user>/{out.resolve().name}'
 
     model = _build_source_model(model_name, _load_source(src, use_ema))
-    cfg = dict(model.pretrained_cfg)
-    cfg['tag'] = tag  # the default tag of the variant (in1k / untrained) does not describe these weights
+    beside = _config_beside(src, model_name)
+    notes = []
+    if top1 is not None:
+        measured = ', '.join(f'{k} {v}' for k, v in (('top-1', top1), ('top-5', top5)) if v is not None)
+        notes.append(f'{measured}{" on " + dataset if dataset else ""} (given to timm-ghost convert)')
+    cfg = weights_cfg(
+        {**model.pretrained_cfg, **{k: beside['pretrained_cfg'][k] for k in _INPUT_KEYS
+                                    if k in beside.get('pretrained_cfg', {})}},
+        description=description or (f'{src.name}, converted with timm-ghost convert'
+                                    f'{"; trained on " + dataset if dataset else ""}; how these weights were trained '
+                                    f'is not recorded'),
+        notes=notes, tag=tag, license=license)
     card_details = None
     if paddle.looks_like_pdparams(src):  # PaddleClas's transform, origin and, for a released file, its accuracy
         cfg, card_details = paddle.paddle_export_cfg(model_name, src, cfg, tag)
     model.pretrained_cfg = model.default_cfg = cfg
+    labels = {k: beside[k] for k in ('label_names', 'label_descriptions')
+              if isinstance(beside.get(k), (list, dict)) and len(beside[k]) == model.num_classes}
     in_chans, height, width = model.in_chans, *cfg['input_size'][1:]
     x = torch.randn(2, in_chans, height, width, generator=torch.Generator().manual_seed(0))
     reference = model(x)
     params, macs = count_params(model), count_macs(model, img_size=height)
 
     with atomic_output_dir(out, overwrite, flag='--overwrite', name='out') as tmp:
-        save_for_hf(model, str(tmp), safe_serialization=True)
+        save_for_hf(model, str(tmp), model_config=labels or None, safe_serialization=True)
         (tmp / 'README.md').write_text(
             _model_card(model, model_name, repo_id, params, macs, top1, top5, dataset, license, card_details),
             encoding='utf-8')
@@ -260,7 +315,8 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
     its visibility. ``revision`` names a branch, created from main if missing.
     Returns the validation summary plus ``commit_url`` / ``commit_oid`` (absent on ``dry_run``).
     Raises ``ConversionError`` for a bad ``repo_id`` or folder (see :func:`validate_folder`), ``PermissionError``
-    when the Hub refuses the token (401 / 403), ``OSError`` for any other failed request.
+    without a token (before any request) or when the Hub refuses it (401 / 403), ``OSError`` for an unreachable Hub
+    or any other failed request.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -277,6 +333,9 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
     summary = validate_folder(folder)
     if dry_run:
         return summary
+    if not _has_token():  # said before any request: without one the Hub refuses every upload
+        raise PermissionError(f'push to {repo_id}: no Hugging Face token; set HF_TOKEN or run `hf auth login` with a '
+                              f'write token')
     api = HfApi(library_name='timm-ghost', library_version=__version__)
     try:
         api.create_repo(repo_id, private=private or None, exist_ok=True)  # None: the owner's default visibility
@@ -291,7 +350,38 @@ def push_folder(folder: os.PathLike, repo_id: str, revision: Optional[str] = Non
             raise PermissionError(f'upload to {repo_id} failed: {str(e).splitlines()[0]}; set HF_TOKEN or run '
                                   f'`hf auth login` with a write token') from e
         raise OSError(f'upload to {repo_id} failed: {str(e).splitlines()[0]}') from e
+    except Exception as e:
+        cause = _network_cause(e)
+        if cause is None:
+            raise
+        raise OSError(f'upload to {repo_id} failed: could not reach the Hub at {api.endpoint} ({cause}); nothing was '
+                      f'uploaded. Check the connection and HF_ENDPOINT') from e
     return dict(summary, commit_url=info.commit_url, commit_oid=info.oid)
+
+
+def _has_token() -> bool:
+    from huggingface_hub import get_token
+    try:
+        return bool(get_token())
+    except Exception:  # an unreadable token file or a failing token exchange: no usable token
+        return False
+
+
+def _network_cause(e: BaseException) -> Optional[str]:
+    """The failed connection behind ``e`` in words (the innermost socket error, or a timeout), or None when ``e`` is
+    no network failure. httpx wraps socket errors in its own ``ConnectError`` / ``TimeoutException``, not OSErrors."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    sockets = [c for c in chain if isinstance(c, OSError)]
+    if sockets:
+        inner = sockets[-1]
+        return f'{type(inner).__name__}: {inner.strerror or inner}'
+    if any(_http.is_timeout(c) for c in chain):
+        return 'timed out'
+    return None
 
 
 def _print_files(files: Dict[str, Dict[str, Any]]) -> None:
@@ -302,7 +392,7 @@ def _print_files(files: Dict[str, Dict[str, Any]]) -> None:
 def _cmd_convert(args: Any) -> int:
     r = convert_checkpoint(args.src, args.out, args.model, use_ema=not args.no_ema, overwrite=args.overwrite,
                            repo_id=args.repo_id, tag=args.tag, top1=args.top1, top5=args.top5, dataset=args.dataset,
-                           license=args.license)
+                           license=args.license, description=args.description)
     print(f'{r["out"]}: {r["model"]}, {r["num_classes"]} classes, {r["params"] / 1e6:.2f} M params, '
           f'{r["macs"] / 1e6:.1f} M MACs')
     _print_files(r['files'])
@@ -348,6 +438,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument('--top5', type=float, help='measured top-5 accuracy of these weights, for the card')
     p.add_argument('--dataset', help='dataset the weights were trained / evaluated on (e.g. imagenet-1k)')
     p.add_argument('--license', default='apache-2.0', help='licence of the weights (default apache-2.0)')
+    p.add_argument('--description',
+                   help='what trained these weights and how, for config.json and the card (default: "not recorded")')
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
