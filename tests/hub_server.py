@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt', '.ckpt', '.onnx', '.msgpack', '.h5')
+LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt', '.ckpt', '.onnx', '.msgpack', '.h5', '.pdparams')
 FAULTS = ('500', 'stall', 'truncate', 'stall-body', 'corrupt', 'slow', '503-once', 'truncate-once')
 _ONCE = {'503-once', 'truncate-once'}
 
@@ -672,12 +673,20 @@ class ClientRun:
 _MARK = '@@hub-client-action '
 
 
-def start_client(actions: List[Dict[str, Any]], env: Dict[str, str]) -> subprocess.Popen:
-    """Start ``client_main`` on ``actions`` in a fresh interpreter (see ``client_main`` for the action forms)."""
+def start_client(actions: List[Dict[str, Any]], env: Dict[str, str], unprivileged: bool = False) -> subprocess.Popen:
+    """Start ``client_main`` on ``actions`` in a fresh interpreter (see ``client_main`` for the action forms).
+    ``unprivileged``: when this process is root, run the client without root's capabilities (``setpriv`` clears its
+    bounding set), so that file modes bind it as they bind any user: a read-only folder is read-only to it."""
     code = (f'import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); '
             f'import hub_server; hub_server.client_main()')
-    return subprocess.Popen([sys.executable, '-c', code, json.dumps(actions)], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prefix: List[str] = []
+    if unprivileged and os.geteuid() == 0:
+        setpriv = shutil.which('setpriv')
+        if setpriv is None:
+            raise RuntimeError('running a client without root\'s capabilities needs setpriv (util-linux)')
+        prefix = [setpriv, '--bounding-set=-all', '--']
+    return subprocess.Popen([*prefix, sys.executable, '-c', code, json.dumps(actions)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish_client(proc: subprocess.Popen, timeout: float) -> ClientRun:
@@ -703,9 +712,10 @@ def finish_client(proc: subprocess.Popen, timeout: float) -> ClientRun:
     return ClientRun(results, stderr, proc.returncode, err)
 
 
-def run_client(actions: List[Dict[str, Any]], env: Dict[str, str], timeout: float = 90) -> ClientRun:
+def run_client(actions: List[Dict[str, Any]], env: Dict[str, str], timeout: float = 90,
+               unprivileged: bool = False) -> ClientRun:
     """Run ``client_main`` on ``actions`` in a fresh interpreter and collect its results."""
-    return finish_client(start_client(actions, env), timeout)
+    return finish_client(start_client(actions, env, unprivileged), timeout)
 
 
 def state_digest(state_dict: Dict[str, Any]) -> str:

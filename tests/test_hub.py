@@ -10,8 +10,12 @@ with huggingface_hub's resume attempts for a transfer that stops. Their clients 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import stat
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -85,6 +89,7 @@ class World:
         self.url = f'{hub.endpoint}/org/url/resolve/main/model.safetensors'
         self.url_other = f'{hub.endpoint}/org/url-other/resolve/main/model.safetensors'  # the same file name
         self.url_kwargs = {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=self.url)}
+        self.url_key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         for repo, fault in [('org/corrupt', 'corrupt'), ('org/err500', '500'), ('org/stall', 'stall'),
                             ('org/trunc', 'truncate')]:
             hub.commit(repo, {'model.safetensors': self.default})
@@ -92,6 +97,14 @@ class World:
         for repo, fault in [('org/once', '503-once'), ('org/once-cut', 'truncate-once')]:
             hub.commit(repo, {'model.safetensors': self.v1})
             hub.fault(repo, fault)
+        self.paddle_name = 'GhostNet_x0_5_pretrained.pdparams'  # failures only: never converted
+        self.paddle_urls = {
+            'refused': f'{closed_port_endpoint()}/{self.paddle_name}',
+            'dns': f'http://nonexistent.invalid/{self.paddle_name}',
+            'stall': f'{hub.endpoint}/org/stall/resolve/main/{self.paddle_name}',
+            '404': f'{hub.endpoint}/org/no-weights/resolve/main/{self.paddle_name}',
+            '500': f'{hub.endpoint}/org/err500/resolve/main/{self.paddle_name}',
+        }
         hub.commit('org/stall-body', {'model.safetensors': bytes(1 << 16)})  # never read: the transfer stops first
         hub.fault('org/stall-body', 'stall-body')
         for repo in ('org/gated', 'org/private'):
@@ -132,6 +145,11 @@ class World:
             {'id': 'once-cut', 'model': 'ghostnet_100', 'kwargs': _overlay('org/once-cut')},
             {'id': 'gated', 'model': 'ghostnet_100', 'kwargs': _overlay('org/gated')},
             {'id': 'private', 'model': 'ghostnet_100', 'kwargs': _overlay('org/private')},
+            *[{'id': f'paddle-{cause}', 'model': 'ghostnet_050',
+               'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': dict(url=url)}}
+              for cause, url in self.paddle_urls.items()],
+            {'id': 'url-dns', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': dict(
+                hf_hub_id=None, url='http://nonexistent.invalid/org/model.safetensors')}},
             {'id': 'token', 'env': {'HF_TOKEN': 'hf_loopback'}},  # from here on, requests carry a token
             {'id': 'gated-token', 'model': 'ghostnet_100', 'kwargs': _overlay('org/gated')},
             {'id': 'private-token', 'model': 'ghostnet_100', 'kwargs': _overlay('org/private')},
@@ -224,7 +242,12 @@ def test_safetensors_url_downloads_once_into_torch_hub(world):
     checkpoints = world.home / 'torch' / 'hub' / 'checkpoints'  # TORCH_HOME of the client
     cached = sorted(checkpoints.glob('timm_ghost/*/model.safetensors'))
     assert sorted(p.read_bytes() for p in cached) == sorted([world.v1, world.v2])
-    assert [p.name for p in checkpoints.rglob('*') if p.name.startswith('.')] == []  # no partial download left
+    # no partial download left; the lock files stay (as huggingface_hub's do)
+    assert [p.name for p in checkpoints.rglob('*') if p.name.startswith('.') and p.name != '.locks'
+            and p.parent.name != '.locks'] == []
+    records = [json.loads((p.parent / 'entry.json').read_text()) for p in cached]
+    assert sorted((r['download']['sha256'], r['download']['size']) for r in records) == sorted(
+        (hashlib.sha256(w).hexdigest(), len(w)) for w in (world.v1, world.v2))
 
 
 def test_urls_ending_in_the_same_file_name_load_their_own_weights(world):
@@ -287,11 +310,21 @@ def test_content_not_matching_the_advertised_sha256_is_rejected(world):
 def test_server_errors_fail_clearly_within_the_timeouts(world):
     r = world.run['status-500']
     assert r['error_type'] == 'PretrainedWeightsError'
-    assert 'org/err500' in r['error'] and 'HTTP 500' in r['error'] and 'after 2 tries' in r['error']
+    assert r['error'].startswith(f'ghostnet_100.in1k: could not reach Hub repository org/err500 (file '
+                                 f'model.safetensors) at {world.hub.endpoint} after 2 tries: HTTP status 500 (Internal '
+                                 f'Server Error). No cached copy. Ways round it: download model.safetensors of '
+                                 f'org/err500 where the Hub can be reached (`hf download org/err500 '
+                                 f"model.safetensors`) and pass pretrained_cfg_overlay=dict(file='/path/to/"
+                                 f"model.safetensors'); or pass "
+                                 f'cache_dir= (or set HF_HOME) to a copy of a Hub cache that holds it')
+    assert 'HF_HUB_ETAG_TIMEOUT' not in r['error']  # no timeout advice for an error status
     assert r['seconds'] <= PROBE_BOUND
     r = world.run['stall']
     assert r['error_type'] == 'PretrainedWeightsError'
-    assert 'org/stall' in r['error'] and f'no answer within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s' in r['error']
+    assert r['error'].startswith(f'ghostnet_100.in1k: could not reach Hub repository org/stall (file '
+                                 f'model.safetensors) at {world.hub.endpoint} after 2 tries: timed out: no answer '
+                                 f'within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s. No cached copy. Ways round it: ')
+    assert r['error'].endswith(f'; or, for a slow Hub, raise HF_HUB_ETAG_TIMEOUT (now {TIMEOUT} s)')
     assert 2 * TIMEOUT <= r['seconds'] <= PROBE_BOUND  # it waited for both tries, no longer than promised
 
 
@@ -309,8 +342,8 @@ def test_a_hub_that_never_answers_fails_within_the_promised_bound(world):
 def test_a_transfer_that_stops_midway_fails_within_the_download_timeouts(world):
     r = world.body_run['stall-body']
     assert r['error_type'] == 'PretrainedWeightsError'
-    assert r['error'].startswith('the transfer of model.safetensors from Hub repository org/stall-body stopped: no '
-                                 f'data within HF_HUB_DOWNLOAD_TIMEOUT={TIMEOUT} s')
+    assert r['error'].startswith('ghostnet_100.in1k: the transfer of model.safetensors from Hub repository '
+                                 f'org/stall-body stopped: no data within HF_HUB_DOWNLOAD_TIMEOUT={TIMEOUT} s')
     gets = world.hub.seen('GET', '/cdn/org/stall-body/')
     assert len(gets) == 1 + RESUMES  # each attempt got half the file, then silence
     stalled_for = r['end'] - gets[0].start  # from the request that stopped midway to the error
@@ -351,15 +384,21 @@ def test_gated_or_private_repository_says_how_to_authenticate(world, repo, words
 
 
 def test_refused_connections_fail_clearly_and_fall_back_to_the_cache(world):
+    closed = closed_port_endpoint()
     run = run_client([
         {'id': 'cached', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
         {'id': 'cold', 'model': 'ghostnet_100', 'kwargs': _overlay('org/cold')},
-    ], hub_env(closed_port_endpoint(), world.home, timeout_s=TIMEOUT))
+    ], hub_env(closed, world.home, timeout_s=TIMEOUT))
     assert run['cached']['digest'] == _digest(world.default)
     assert 'not reachable' in run.stderr['cached'] and 'using the cached timm/ghostnet_100.in1k' in run.stderr['cached']
     cold = run['cold']
     assert cold['error_type'] == 'PretrainedWeightsError'
-    assert 'org/cold' in cold['error'] and 'ConnectError' in cold['error'] and 'No cached copy' in cold['error']
+    port = closed.rsplit(':', 1)[1]
+    assert cold['error'].startswith(f'ghostnet_100.in1k: could not reach Hub repository org/cold (file '
+                                    f'model.safetensors) at {closed} after 2 tries: connection refused by '
+                                    f'127.0.0.1:{port}: nothing listens there. No cached copy. Ways round it: '
+                                    f'download model.safetensors of org/cold ')
+    assert 'HF_HUB_ETAG_TIMEOUT' not in cold['error']
     assert cold['seconds'] <= PROBE_BOUND
 
 
@@ -377,6 +416,196 @@ def test_cut_transfer_errors_leaves_no_cache_entry_and_retry_succeeds(world):
     run = run_client([{'id': 'retry', 'model': 'ghostnet_100', 'kwargs': _overlay('org/trunc')}], world.env())
     assert run['retry']['digest'] == _digest(world.default)
     assert world.hub.downloads('org/trunc', 'model.safetensors') == before + 1
+
+
+_PADDLE_CAUSES = {
+    'refused': 'connection refused by 127.0.0.1:{port}: nothing listens there (after 2 tries)',
+    'dns': 'no DNS: name resolution failed for nonexistent.invalid ([Errno -2] Name or service not known)',
+    'stall': f'timed out: no answer within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s (after 2 tries)',
+    '404': 'HTTP status 404 (Not Found)',
+    '500': 'HTTP status 500 (Internal Server Error) (after 2 tries)',
+}
+
+
+@pytest.mark.parametrize('cause', list(_PADDLE_CAUSES))
+def test_a_paddleclas_download_failure_names_tag_source_cause_and_ways_round(world, cause):
+    r = world.run[f'paddle-{cause}']
+    url, name = world.paddle_urls[cause], world.paddle_name
+    words = _PADDLE_CAUSES[cause].format(port=urllib.parse.urlsplit(url).port)
+    if cause == 'dns':  # the resolver's own words differ between C libraries; ours come first
+        words = words.split(' ([Errno')[0]
+    assert r['error_type'] == 'PretrainedWeightsError'
+    assert r['error'].startswith(f'ghostnet_050.paddle_in1k: could not download {url}: {words}')
+    assert r['error'].endswith(
+        f"; nothing was cached. Ways round it: download {url} where it can be reached and pass "
+        f"pretrained_cfg_overlay=dict(file='/path/to/{name}'); or convert it there with `timm-ghost convert {name} OUT "
+        f"--model ghostnet_050` and load 'local-dir:OUT'; or pass cache_dir= (or set TORCH_HOME) to a copy of a cache "
+        f"that holds it (this one: {world.home / 'torch' / 'hub' / 'checkpoints' / 'timm_ghost_paddle'})")
+    assert 'raise HF_HUB' not in r['error']  # not a Hub: no Hub-timeout advice
+    assert r['seconds'] <= PROBE_BOUND
+
+
+def test_a_safetensors_url_that_does_not_resolve_says_so_and_the_way_round(world):
+    r = world.run['url-dns']
+    url = 'http://nonexistent.invalid/org/model.safetensors'
+    assert r['error'].startswith(f'ghostnet_100.in1k: could not download {url}: no DNS: name resolution failed for '
+                                 f'nonexistent.invalid')
+    assert "pass pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'); or pass cache_dir= (or set " \
+           "TORCH_HOME) to a copy of a cache that holds it" in r['error']
+    assert 'HF_HUB_ETAG_TIMEOUT' not in r['error'] and '2 tries' not in r['error']  # a name is looked up once
+
+
+def test_a_hub_whose_name_does_not_resolve_says_no_dns_without_timeout_advice(tmp_path):
+    endpoint = 'http://nonexistent.invalid'
+    run = run_client([{'id': 'load', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}}],
+                     hub_env(endpoint, tmp_path / 'hf_home', timeout_s=TIMEOUT))
+    r = run['load']
+    assert r['error'].startswith(
+        f'ghostnet_100.in1k: could not reach Hub repository timm/ghostnet_100.in1k (file model.safetensors) at '
+        f'{endpoint}: no DNS: name resolution failed for nonexistent.invalid')
+    assert r['error'].endswith(
+        f"No cached copy. Ways round it: download model.safetensors of timm/ghostnet_100.in1k where the Hub can be "
+        f"reached (`hf download timm/ghostnet_100.in1k model.safetensors`) and pass pretrained_cfg_overlay=dict("
+        f"file='/path/to/model.safetensors'); or pass cache_dir= (or set HF_HOME) to a copy of a Hub cache that holds "
+        f"it (this one: {tmp_path / 'hf_home' / 'hub'})")
+    assert 'HF_HUB_ETAG_TIMEOUT' not in r['error']
+
+
+def test_cache_dir_holds_every_source_as_timm_uses_it(world, tmp_path):
+    cache = tmp_path / 'cache'
+    run = run_client([
+        {'id': 'hub', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True, 'cache_dir': str(cache)}},
+        {'id': 'url', 'model': 'ghostnet_100', 'kwargs': {**world.url_kwargs, 'cache_dir': str(cache)}},
+    ], hub_env(world.hub.endpoint, tmp_path / 'home', timeout_s=TIMEOUT))
+    assert run['hub']['digest'] == _digest(world.default) and run['url']['digest'] == _digest(world.v2)
+    # the Hub cache layout for Hub repositories, the folder in place of torch hub's checkpoints/ for URLs
+    assert [p.name for p in (cache / 'models--timm--ghostnet_100.in1k' / 'snapshots').glob('*/*')] == [
+        'model.safetensors']
+    assert (cache / 'timm_ghost' / world.url_key / 'model.safetensors').read_bytes() == world.v2
+    assert not (tmp_path / 'home').exists() or not any(p.is_file() for p in (tmp_path / 'home').rglob('*'))
+
+
+def _url_env(hub: HubServer, home: Path, **extra) -> dict:
+    return hub_env(hub.endpoint, home, timeout_s=TIMEOUT, **extra)
+
+
+def test_four_processes_loading_a_safetensors_url_at_once_fetch_it_once(tmp_path):
+    weights = _weights('ghostnet_100', 8)
+    with HubServer() as hub:
+        hub.commit('org/shared', {'model.safetensors': weights})
+        hub.slow_seconds = 3.0  # the transfer lasts long enough for every process to arrive while it runs
+        hub.fault('org/shared', 'slow')
+        url = f'{hub.endpoint}/org/shared/resolve/main/model.safetensors'
+        load = {'id': 'load', 'model': 'ghostnet_100',
+                'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=url)}}
+        go = tmp_path / 'go'
+        procs = [start_client([{'id': 'wait', 'ready': str(tmp_path / f'ready{i}'), 'go': str(go)}, load],
+                              _url_env(hub, tmp_path / 'home')) for i in range(4)]
+        deadline = time.time() + 120
+        while not all((tmp_path / f'ready{i}').exists() for i in range(4)) and time.time() < deadline:
+            time.sleep(0.05)
+        go.touch()
+        runs = [finish_client(p, timeout=120) for p in procs]
+        assert {run['load'].get('digest') for run in runs} == {_digest(weights)}, [run['load'] for run in runs]
+        assert hub.downloads('org/shared', 'model.safetensors') == 1
+    root = tmp_path / 'home' / 'torch' / 'hub' / 'checkpoints' / 'timm_ghost'
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    assert sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file()) == [
+        f'.locks/{key}.lock', f'{key}/entry.json', f'{key}/model.safetensors']
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'edited'])
+def test_a_damaged_url_cache_entry_is_fetched_again_never_loaded(tmp_path, damage):
+    weights = _weights('ghostnet_100', 9)
+    with HubServer() as hub:
+        hub.commit('org/damage', {'model.safetensors': weights})
+        url = f'{hub.endpoint}/org/damage/resolve/main/model.safetensors'
+        load = {'model': 'ghostnet_100',
+                'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=url)}}
+        stored = tmp_path / 'home' / 'torch' / 'hub' / 'checkpoints' / 'timm_ghost' / hashlib.sha256(
+            url.encode()).hexdigest()[:16] / 'model.safetensors'
+
+        def damage_it() -> None:
+            stored.write_bytes(weights[:len(weights) // 2] if damage == 'truncated' else
+                               weights[:-8] + bytes(b ^ 0xFF for b in weights[-8:]))
+
+        first = run_client([{'id': 'first', **load}], _url_env(hub, tmp_path / 'home'))['first']
+        damage_it()
+        again = run_client([{'id': 'again', **load}], _url_env(hub, tmp_path / 'home'))
+        assert first['digest'] == again['again']['digest'] == _digest(weights)
+        assert hub.downloads('org/damage', 'model.safetensors') == 2  # dropped and fetched again
+        assert stored.read_bytes() == weights
+        assert 'fetching it again' in again.stderr['again']
+        damage_it()
+    offline = run_client([{'id': 'offline', **load}], _url_env(hub, tmp_path / 'home', HF_HUB_OFFLINE='1'))
+    r = offline['offline']
+    assert r['error_type'] == 'PretrainedWeightsError'  # never loaded
+    problem = (f'holds {len(weights) // 2} bytes where {len(weights)} were recorded when it was written'
+               if damage == 'truncated' else 'has sha256 ')
+    assert r['error'].startswith(f'ghostnet_100.in1k: its cached copy {stored.parent} {problem}')
+    assert '(truncated or edited; removed it), and HF_HUB_OFFLINE is set; load it once online.' in r['error']
+    assert not stored.parent.exists()
+
+
+@pytest.fixture
+def writable_again(tmp_path):
+    """``tmp_path``; whatever a test made read-only in it is made writable again afterwards, to be cleaned up."""
+    yield tmp_path
+    for path in [tmp_path, *tmp_path.rglob('*')]:
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_a_read_only_cache_serves_what_it_holds_and_names_the_setting_for_the_rest(world, writable_again):
+    home = writable_again / 'home'
+    url_other = {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=world.url_other)}
+    filled = run_client([
+        {'id': 'hub', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
+        {'id': 'url', 'model': 'ghostnet_100', 'kwargs': world.url_kwargs},
+    ], world.env() | {'HF_HOME': str(home), 'TORCH_HOME': str(home / 'torch')})
+    assert filled['hub']['ok'] and filled['url']['ok']
+    for path in [home, *home.rglob('*')]:  # read-only for everyone
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    env = world.env() | {'HF_HOME': str(home), 'TORCH_HOME': str(home / 'torch')}
+    online = run_client([
+        {'id': 'hub', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
+        {'id': 'url', 'model': 'ghostnet_100', 'kwargs': world.url_kwargs},
+        {'id': 'hub-cold', 'model': 'ghostnet_100', 'kwargs': _overlay('org/pinned')},
+        {'id': 'url-cold', 'model': 'ghostnet_100', 'kwargs': url_other},
+    ], env, unprivileged=True)
+    offline = run_client([
+        {'id': 'hub', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}},
+        {'id': 'url', 'model': 'ghostnet_100', 'kwargs': world.url_kwargs},
+    ], env | {'HF_HUB_OFFLINE': '1'}, unprivileged=True)
+    for run in (online, offline):
+        assert run['hub']['digest'] == _digest(world.default), run['hub']
+        assert run['url']['digest'] == _digest(world.v2), run['url']
+    hub_cold, url_cold = online['hub-cold'], online['url-cold']
+    assert hub_cold['error'].startswith(
+        f'ghostnet_100.in1k: org/pinned/model.safetensors must be downloaded into the Hub cache {home / "hub"}, which '
+        f'cannot be written (Permission denied: ')
+    assert hub_cold['error'].endswith('Pass cache_dir= to timm.create_model, or set HF_HOME (or HF_HUB_CACHE), to a '
+                                      'writable folder (a read-only cache serves weights it already holds)')
+    root = home / 'torch' / 'hub' / 'checkpoints' / 'timm_ghost'
+    assert url_cold['error'].startswith(
+        f'ghostnet_100.in1k: {world.url_other} must be written into the weight cache {root}, which cannot be written '
+        f'(Permission denied: ')
+    assert url_cold['error'].endswith('Pass cache_dir= to timm.create_model, or set TORCH_HOME, to a writable folder '
+                                      '(a read-only cache serves the weights it already holds)')
+    assert 'retry' not in hub_cold['error'] + url_cold['error'] and 'try again' not in hub_cold['error']
+
+
+def test_info_weights_reports_what_the_cache_holds_with_sha256_and_size(world):
+    run = run_client([{'id': 'info', 'cli': ['info', '--weights']}], world.env(HF_HUB_OFFLINE='1'))
+    out = run['info']['stdout']
+    blob = hashlib.sha256(world.default).hexdigest()
+    assert ('ghostnet_100.in1k: timm/ghostnet_100.in1k (model.safetensors)\n'
+            '  cached (sha256 advertised by the Hub): ') in out
+    assert f'  sha256 {blob}, {len(world.default)} bytes\n' in out
+    assert 'ghostnet_050.paddle_in1k: https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/' \
+           'GhostNet_x0_5_pretrained.pdparams\n  not cached\n' in out
+    assert 'recorded when it was first made, not pinned' in out
 
 
 def test_offline_with_the_server_stopped_loads_the_cache_without_a_connection(world):

@@ -151,13 +151,57 @@ def _imports(module: str) -> set:
 
 
 def test_layers_depend_one_way_and_private_names_go_through_compat():
-    model_modules = ('fold', 'blocks', 'deploy', 'ghostnet')
-    imports = {m: _imports(m) for m in model_modules}
-    assert imports['fold'].isdisjoint({'.blocks', '.deploy', '.ghostnet'})
-    assert imports['blocks'].isdisjoint({'.deploy', '.ghostnet'}) and '.fold' in imports['blocks']
-    assert {'.blocks', '.fold', '._compat'} <= imports['deploy'] and '.ghostnet' not in imports['deploy']
-    assert '.deploy' not in imports['ghostnet']
-    for module, names in imports.items():
-        private = sorted(n for n in names - {'__future__', '._compat'} if n == 'torch.ops' or any(
-            part.startswith('_') for part in n.lstrip('.').split('.')))
+    root = Path(timm_ghost.__file__).parent
+
+    def module_imports(module: str) -> set:
+        """What ``timm_ghost/<module>.py`` imports, relative imports resolved to ``timm_ghost.*`` names."""
+        path = root / f'{module.replace(".", "/")}.py'
+        path = path if path.is_file() else root / module.replace('.', '/') / '__init__.py'
+        package = ['timm_ghost', *module.split('.')][:-1] if path.name != '__init__.py' else \
+            ['timm_ghost', *module.split('.')]
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                parent = '.'.join(base + ([node.module] if node.module else []))
+                names.add(parent)
+                if node.level and node.module is None:  # from . import name
+                    names.update(f'{parent}.{alias.name}' for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'torch':
+                if node.attr == 'ops':
+                    names.add('torch.ops')
+        return names
+
+    modules = ('arch', 'releases', 'errors', '_io', '_http', '_cache', 'fold', 'blocks', 'deploy', 'ghostnet', 'hub',
+               'hub_download', 'paddle', 'paddle.reader', 'paddle.mapping', 'paddle.cache', 'paddle.card')
+    imports = {m: module_imports(m) for m in modules}
+    ours = {m: {n.removeprefix('timm_ghost.') for n in names if n.startswith('timm_ghost.')}
+            for m, names in imports.items()}
+    # the model: blocks -> fold, deploy -> blocks, ghostnet -> weights; never back
+    assert ours['fold'].isdisjoint({'blocks', 'deploy', 'ghostnet'})
+    assert ours['blocks'].isdisjoint({'deploy', 'ghostnet'}) and 'fold' in ours['blocks']
+    assert {'blocks', 'fold', '_compat'} <= ours['deploy'] and 'ghostnet' not in ours['deploy']
+    assert 'deploy' not in ours['ghostnet']
+    # the data both sides read are leaves: the architecture table and the released weights
+    assert ours['arch'] == set() and ours['releases'] == set()
+    assert {'arch', 'releases', 'hub'} <= ours['ghostnet']
+    # the weight sources know nothing of the model: hub -> hub_download / paddle -> its jobs -> arch, releases
+    weights = ('hub', 'hub_download', '_http', '_cache', 'paddle', 'paddle.reader', 'paddle.mapping', 'paddle.cache',
+               'paddle.card')
+    for module in weights:
+        assert ours[module].isdisjoint({'ghostnet', 'blocks', 'deploy', 'fold'}), (module, ours[module])
+    assert {'hub_download', 'paddle', '_cache'} <= ours['hub']
+    for module in ('hub_download', '_http', '_cache', 'paddle', 'paddle.reader', 'paddle.mapping', 'paddle.cache',
+                   'paddle.card'):
+        assert 'hub' not in ours[module], module
+    assert ours['paddle.reader'] == {'errors'}  # the unpickler stands alone
+    assert ours['paddle.mapping'] == {'arch', 'errors', 'paddle.reader'}
+    assert ours['paddle.card'] == {'releases'}
+    assert {'_cache', '_http', 'paddle.mapping'} <= ours['paddle.cache']
+    assert '_cache' not in ours['_http'] and 'paddle' not in ours['_cache']
+    for module, names in imports.items():  # another package's private names: only through _compat
+        private = sorted(n for n in names - {'__future__'} if n == 'torch.ops' or (
+            not n.startswith('timm_ghost') and any(part.startswith('_') for part in n.split('.'))))
         assert not private, f'timm_ghost/{module}.py reaches private names outside _compat: {private}'

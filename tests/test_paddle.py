@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List
@@ -26,6 +27,7 @@ import torch
 from timm_ghost import cli
 from timm_ghost.errors import ConversionError, PretrainedWeightsError
 from timm_ghost.paddle import (
+    CONVERTER_VERSION,
     PADDLECLAS_WEIGHTS,
     convert_paddle_state_dict,
     download_paddle_weights,
@@ -404,7 +406,7 @@ def test_convert_of_another_width_names_model_and_tensors(oracles, tmp_path, cap
 
 
 # ------------------------------------------------------------------------------------------------ the URL route
-_CLIENT = r'''
+_CLIENT = r"""
 import json, sys, numpy as np, torch, timm, timm_ghost
 from timm_ghost.paddle import paddle_cache_dir
 name, url, folder = sys.argv[1:4]
@@ -419,7 +421,7 @@ except Exception as e:
     out.update(ok=False, error=f'{type(e).__name__}: {e}')
 out['cache'] = sorted(str(p.relative_to(paddle_cache_dir())) for p in paddle_cache_dir().rglob('*') if p.is_file())
 print(json.dumps(out))
-'''
+"""
 
 
 def _client(name: str, url: str, oracle: Oracle, torch_home: Path, offline: bool) -> Dict:
@@ -434,21 +436,31 @@ def _client(name: str, url: str, oracle: Oracle, torch_home: Path, offline: bool
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _entry_name(url: str) -> str:
+    return f'{Path(url).stem}-{hashlib.sha256(url.encode()).hexdigest()[:16]}'
+
+
 def test_url_downloads_converts_caches_once_then_loads_offline(oracles, server, tmp_path):
     oracle = oracles['ghostnet_050']
     filename = FILES['ghostnet_050']
     data = oracle.structured.read_bytes()
     server.files[filename] = data
     url = server.url(filename)
-    sha256 = hashlib.sha256(data).hexdigest()
 
     first = _client('ghostnet_050', url, oracle, tmp_path, offline=False)
     assert first['ok'], first
     assert first['diff'] <= TOLERANCE
     assert first['url'] == url and first['file'] is None  # the model reports where its weights came from
     assert server.gets(filename) == 1
-    url_key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    assert first['cache'] == [f'GhostNet_x0_5_pretrained-{url_key}/{sha256}.safetensors']  # nothing else
+    entry = _entry_name(url)
+    # the converted file and its record, nothing else (the raw pickle is not kept); the lock file stays, as the Hub's
+    assert first['cache'] == [f'.locks/{entry}.lock', f'{entry}/entry.json', f'{entry}/model.safetensors']
+    record = json.loads((paddle_cache_dir(tmp_path / 'hub' / 'checkpoints') / entry / 'entry.json').read_text())
+    stored = paddle_cache_dir(tmp_path / 'hub' / 'checkpoints') / entry / 'model.safetensors'
+    assert record['source'] == url and record['converter'] == f'timm_ghost.paddle {CONVERTER_VERSION}'
+    assert record['download'] == {'sha256': hashlib.sha256(data).hexdigest(), 'size': len(data)}
+    assert record['file'] == {'name': 'model.safetensors', 'sha256': hashlib.sha256(stored.read_bytes()).hexdigest(),
+                              'size': stored.stat().st_size}
 
     server.stop()  # offline: the cache alone
     again = _client('ghostnet_050', url, oracle, tmp_path, offline=True)
@@ -461,25 +473,114 @@ def test_url_offline_without_cache_says_so(tmp_path, monkeypatch):
     url = 'http://127.0.0.1:9/GhostNet_x0_5_pretrained.pdparams'
     with pytest.raises(PretrainedWeightsError) as info:
         download_paddle_weights(url, cache_dir=tmp_path)
-    assert str(info.value) == (f'{url} is not in the cache ({tmp_path / "timm_ghost_paddle"}) and HF_HUB_OFFLINE is '
-                               f'set; load it once online')
+    cache = tmp_path / 'timm_ghost_paddle'
+    assert str(info.value) == (
+        f'ghostnet_050.paddle_in1k: {url} is not in the cache ({cache}), and HF_HUB_OFFLINE is set; load it once '
+        f'online. Ways round it: download {url} where it can be reached and pass pretrained_cfg_overlay=dict('
+        f"file='/path/to/GhostNet_x0_5_pretrained.pdparams'); or convert it there with `timm-ghost convert "
+        f"GhostNet_x0_5_pretrained.pdparams OUT --model ghostnet_050` and load 'local-dir:OUT'; or pass cache_dir= "
+        f'(or set TORCH_HOME) to a copy of a cache that holds it (this one: {cache})')
+    assert _files_under(tmp_path) == []
 
 
-def test_cache_entries_count_only_for_their_url_and_converter_version(tmp_path):
-    from safetensors.torch import save_file
+def _write_entry(folder: Path, url: str, payload: bytes, **record) -> Path:
+    folder.mkdir(parents=True)
+    (folder / 'model.safetensors').write_bytes(payload)
+    record = {'source': url, 'converter': f'timm_ghost.paddle {CONVERTER_VERSION}',
+              'download': {'sha256': '0' * 64, 'size': 1},
+              'file': {'name': 'model.safetensors', 'sha256': hashlib.sha256(payload).hexdigest(),
+                       'size': len(payload)}, **record}
+    (folder / 'entry.json').write_text(json.dumps(record))
+    return folder / 'model.safetensors'
 
-    from timm_ghost.paddle import CONVERTER_VERSION, cached_paddle_weights
+
+def test_cache_entries_count_only_for_their_url_converter_and_recorded_sha256(tmp_path):
+    from safetensors.torch import save
+
+    from timm_ghost.paddle import cached_paddle_weights
 
     url = 'http://127.0.0.1:9/GhostNet_x0_5_pretrained.pdparams'
-    sha = '0' * 64
-    entry = paddle_cache_dir(tmp_path) / f'GhostNet_x0_5_pretrained-{hashlib.sha256(url.encode()).hexdigest()[:16]}'
-    entry.mkdir(parents=True)
-    meta = {'source_url': url, 'source_sha256': sha, 'converter': f'timm_ghost.paddle {CONVERTER_VERSION}'}
-    for stale in (dict(converter='timm_ghost.paddle 0'), dict(source_url=url + '?v=2'), dict(source_sha256='1' * 64)):
-        save_file({'w': torch.zeros(1)}, str(entry / f'{sha}.safetensors'), metadata={**meta, **stale})
+    payload = save({'w': torch.arange(64, dtype=torch.float32)})
+    folder = paddle_cache_dir(tmp_path) / _entry_name(url)
+    for stale in (dict(converter='timm_ghost.paddle 1'), dict(source=url + '?v=2')):
+        _write_entry(folder, url, payload, **stale)
         assert cached_paddle_weights(url, cache_dir=tmp_path) is None
-    save_file({'w': torch.zeros(1)}, str(entry / f'{sha}.safetensors'), metadata=meta)
-    assert cached_paddle_weights(url, cache_dir=tmp_path) == entry / f'{sha}.safetensors'
+        shutil.rmtree(folder)
+    path = _write_entry(folder, url, payload)
+    assert cached_paddle_weights(url, cache_dir=tmp_path) == path
+    path.write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))  # edited, same size
+    assert cached_paddle_weights(url, cache_dir=tmp_path) is None
+    path.write_bytes(payload[:100])  # truncated
+    assert cached_paddle_weights(url, cache_dir=tmp_path) is None
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'edited'])
+def test_a_damaged_cache_entry_is_fetched_again_and_offline_refused(oracles, server, tmp_path, damage, monkeypatch):
+    import huggingface_hub.constants
+    from safetensors.torch import load_file
+
+    oracle = oracles['ghostnet_050']
+    filename = FILES['ghostnet_050']
+    server.files[filename] = oracle.structured.read_bytes()
+    url = server.url(filename)
+    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=tmp_path)
+    timm.create_model('ghostnet_050', **kwargs)
+    stored = paddle_cache_dir(tmp_path) / _entry_name(url) / 'model.safetensors'
+    good = {k: v.clone() for k, v in load_file(stored).items()}  # not a view of the file damaged below
+    size = stored.stat().st_size
+
+    def damage_it() -> None:
+        data = stored.read_bytes()
+        stored.write_bytes(data[:len(data) // 2] if damage == 'truncated' else
+                           data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
+
+    damage_it()
+    model = timm.create_model('ghostnet_050', **kwargs)  # detected, dropped, fetched and converted again
+    assert server.gets(filename) == 2
+    assert _max_diff(model, oracle) <= TOLERANCE
+    again = load_file(stored)
+    assert again.keys() == good.keys() and all(torch.equal(again[k], good[k]) for k in good)
+
+    damage_it()
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(PretrainedWeightsError) as info:
+        timm.create_model('ghostnet_050', **kwargs)
+    assert str(info.value).startswith(
+        f'ghostnet_050.paddle_in1k: its cached copy {stored.parent} '
+        + (f'holds {size // 2} bytes where {size} were recorded' if damage == 'truncated' else 'has sha256 '))
+    assert '(truncated or edited; removed it), and HF_HUB_OFFLINE is set; load it once online.' in str(info.value)
+    assert not stored.parent.exists() and server.gets(filename) == 2
+
+
+def test_four_processes_loading_at_once_download_and_convert_once(oracles, tmp_path):
+    from hub_server import HubServer, finish_client, hub_env, start_client, state_digest
+
+    oracle = oracles['ghostnet_100']
+    filename = FILES['ghostnet_100']
+    with HubServer() as hub:
+        hub.commit('paddle/releases', {filename: oracle.structured.read_bytes()})
+        hub.slow_seconds = 3.0  # the transfer lasts long enough for every process to arrive while it runs
+        hub.fault('paddle/releases', 'slow')
+        url = f'{hub.endpoint}/paddle/releases/resolve/main/{filename}'
+        env = hub_env(hub.endpoint, tmp_path / 'home', timeout_s=10)
+        go = tmp_path / 'go'
+        procs = [start_client([{'id': 'wait', 'ready': str(tmp_path / f'ready{i}'), 'go': str(go)},
+                               {'id': 'load', 'model': 'ghostnet_100.paddle_in1k',
+                                'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': {'url': url}}}], env)
+                 for i in range(4)]
+        deadline = time.time() + 120
+        while not all((tmp_path / f'ready{i}').exists() for i in range(4)) and time.time() < deadline:
+            time.sleep(0.05)
+        go.touch()
+        runs = [finish_client(p, timeout=180) for p in procs]
+        loads = [run['load'] for run in runs]
+        assert all(r['ok'] for r in loads), loads
+        assert hub.downloads('paddle/releases', filename) == 1  # one download, so one conversion
+    model = timm.create_model('ghostnet_100', pretrained=True, pretrained_cfg_overlay=dict(file=str(oracle.structured)))
+    assert {r['digest'] for r in loads} == {state_digest(model.state_dict())}  # the same weights everywhere
+    cache = paddle_cache_dir(tmp_path / 'home' / 'torch' / 'hub' / 'checkpoints')
+    entry = _entry_name(url)
+    assert _files_under(cache) == [f'.locks/{entry}.lock', f'{entry}/entry.json', f'{entry}/model.safetensors']
 
 
 def test_url_cut_transfer_is_a_clear_error_and_leaves_no_cache_entry(server, tmp_path):
@@ -489,17 +590,20 @@ def test_url_cut_transfer_is_a_clear_error_and_leaves_no_cache_entry(server, tmp
     url = server.url(filename)
     with pytest.raises(PretrainedWeightsError) as info:
         timm.create_model('ghostnet_050', pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=tmp_path)
-    assert str(info.value).startswith(f'could not download {url}: RemoteProtocolError: ')
-    assert str(info.value).endswith('; nothing was cached')
+    assert str(info.value).startswith(f'ghostnet_050.paddle_in1k: could not download {url}: the transfer was cut '
+                                      f'short (RemoteProtocolError: ')
+    assert '; nothing was cached. Ways round it: ' in str(info.value)
     assert server.gets(filename) >= 2  # huggingface_hub's http_get tried to resume
-    assert _files_under(tmp_path) == [] and _files_under(paddle_cache_dir(tmp_path)) == []
+    assert _files_under(paddle_cache_dir(tmp_path)) == [f'.locks/{_entry_name(url)}.lock']  # and no entry
 
 
 def test_url_missing_file_is_named(server, tmp_path):
     url = server.url('GhostNet_x9_9_pretrained.pdparams')
-    with pytest.raises(PretrainedWeightsError, match=rf'^could not download {url}: HTTP 404$'):
+    with pytest.raises(PretrainedWeightsError) as info:
         download_paddle_weights(url, cache_dir=tmp_path)
-    assert _files_under(tmp_path) == []
+    assert str(info.value).startswith(f'GhostNet_x9_9_pretrained.pdparams: could not download {url}: HTTP status 404 '
+                                      f'(Not Found); nothing was cached. Ways round it: download {url} where')
+    assert [p for p in _files_under(tmp_path) if '.locks' not in p] == []
 
 
 def test_url_serving_a_code_running_pickle_is_refused_and_nothing_runs(server, tmp_path):
@@ -512,4 +616,4 @@ def test_url_serving_a_code_running_pickle_is_refused_and_nothing_runs(server, t
                                                      rf'posix\.system,'):
         timm.create_model('ghostnet_050', pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=cache)
     assert not marker.exists()
-    assert _files_under(cache) == []
+    assert [p for p in _files_under(cache) if '.locks' not in p] == []

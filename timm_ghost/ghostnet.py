@@ -9,7 +9,6 @@ checks with clear errors.
 # No ``from __future__ import annotations`` here: fx copies forward()'s annotations into its generated code, and
 # string annotations there are names TorchScript cannot resolve (timm scripts fx-traced models).
 import warnings
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -28,59 +27,18 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ._compat import feature_take_indices, pretrained_cfg_for_features
+from .arch import GHOSTNET_STAGES, HEAD_CHS, PAPER_RESULTS, STEM_CHS, WIDTHS, BlockCfg, PaperResult
 from .blocks import ConvBnAct, GhostBottleneck, StemNorm
 from .errors import UnsupportedPoolError
 from .hub import checkpoint_filter_fn, prepare_pretrained
+from .releases import PADDLECLAS_WEIGHTS
 
+# the table and the paper's numbers live in .arch (a leaf both the model and the converters read); re-exported here
 __all__ = ['GhostNet', 'BlockCfg', 'GHOSTNET_STAGES', 'PaperResult', 'PAPER_RESULTS', 'WIDTHS']
 
 
-@dataclass(frozen=True)
-class BlockCfg:
-    """One row of the paper's table (width 1.0)."""
-    kernel_size: int
-    exp_chs: int
-    out_chs: int
-    se_ratio: float
-    stride: int
-
-
-# The paper's table, row for row. Rows are grouped into stages the way timm's built-in groups them: the grouping
-# fixes the state-dict keys ``blocks.{stage}.{block}``.
-_B = BlockCfg
-GHOSTNET_STAGES: Tuple[Tuple[BlockCfg, ...], ...] = (
-    (_B(3, 16, 16, 0., 1),),
-    (_B(3, 48, 24, 0., 2),),
-    (_B(3, 72, 24, 0., 1),),
-    (_B(5, 72, 40, .25, 2),),
-    (_B(5, 120, 40, .25, 1),),
-    (_B(3, 240, 80, 0., 2),),
-    (_B(3, 200, 80, 0., 1), _B(3, 184, 80, 0., 1), _B(3, 184, 80, 0., 1), _B(3, 480, 112, .25, 1),
-     _B(3, 672, 112, .25, 1)),
-    (_B(5, 672, 160, .25, 2),),
-    (_B(5, 960, 160, 0., 1), _B(5, 960, 160, .25, 1), _B(5, 960, 160, 0., 1), _B(5, 960, 160, .25, 1)),
-)
-STEM_CHS = 16
-HEAD_CHS = 1280  # the pre-logits conv, not scaled by width
-WIDTHS: Dict[str, float] = {'ghostnet_050': 0.5, 'ghostnet_100': 1.0, 'ghostnet_130': 1.3}
 _POOL_TYPES = ('', 'avg', 'max', 'avgmax', 'fast', 'fastavg', 'fastmax', 'fastavgmax')
 _FEATURE_LOCATIONS = ('', 'bottleneck')
-
-
-@dataclass(frozen=True)
-class PaperResult:
-    """ImageNet-1k numbers from the paper (224 px, single crop)."""
-    params_m: float
-    macs_m: float
-    top1: float
-    top5: float
-
-
-PAPER_RESULTS: Dict[str, PaperResult] = {
-    'ghostnet_050': PaperResult(params_m=2.6, macs_m=42, top1=66.2, top5=86.6),
-    'ghostnet_100': PaperResult(params_m=5.2, macs_m=141, top1=73.9, top5=91.4),
-    'ghostnet_130': PaperResult(params_m=7.3, macs_m=226, top1=75.7, top5=92.7),
-}
 
 
 def _check_input_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -413,8 +371,6 @@ def _cfg(variant: str, paddleclas: str = '', **kwargs: Any) -> Dict[str, Any]:
     notes = [f'paper (ImageNet-1k, 224 px): params {paper.params_m}M, MACs {paper.macs_m:g}M, '
              f'top-1 {paper.top1}, top-5 {paper.top5}']
     if paddleclas:
-        from .paddle import PADDLECLAS_WEIGHTS  # the releases, beside the code that converts them
-
         weights = PADDLECLAS_WEIGHTS[f'{variant}.{paddleclas}']
         notes.insert(0, f'PaddleClas reported (ImageNet-1k val, resize 256 / centre crop 224; not measured here): '
                         f'top-1 {weights.top1}, top-5 {weights.top5}')

@@ -1,7 +1,9 @@
-"""Parameter and MAC counts of the registered variants (torch.utils.flop_counter)."""
+"""Parameter and MAC counts of the registered variants (torch.utils.flop_counter), and what the weight caches hold."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -44,9 +46,66 @@ def variant_table(img_size: int = 224) -> List[Dict[str, Any]]:
     return rows
 
 
+def weights_table(cache_dir: Optional[Union[str, os.PathLike]] = None) -> List[Dict[str, Any]]:
+    """One row per pretrained tag: its source, and what the cache holds for it (nothing is fetched).
+
+    Hub weights: the cached file, the sha256 the Hub advertised (the blob's name; checked at every load) and its size.
+    URL weights (PaddleClas's, converted; safetensors URLs): the sha256 and size of the download as recorded when it
+    was first made (not pinned anywhere: compare them with another machine's), and whether the cached file still
+    matches its record. ``cache_dir`` as ``timm.create_model`` takes it.
+    """
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    from . import _cache, hub, paddle
+    from .hub_download import SAFE_WEIGHTS_NAME
+    from .paddle.cache import paddle_cache_entry
+
+    rows = []
+    for tag in timm.list_pretrained('ghostnet_*'):
+        cfg = timm.models.get_pretrained_cfg(tag)
+        row: Dict[str, Any] = dict(tag=tag, cached=None, sha256=None, size=None, status='not cached')
+        if cfg.hf_hub_id:
+            repo_id, _, revision = cfg.hf_hub_id.partition('@')
+            filename = cfg.hf_hub_filename or SAFE_WEIGHTS_NAME
+            row['source'] = f'{cfg.hf_hub_id} ({filename})'
+            found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision or None)
+            if isinstance(found, str):
+                blob = Path(found).resolve()
+                row.update(cached=found, sha256=blob.name, size=blob.stat().st_size,
+                           status='cached (sha256 advertised by the Hub)')
+        elif cfg.url:
+            row['source'] = cfg.url
+            entry = (paddle_cache_entry(cfg.url, cache_dir) if paddle.is_pdparams(cfg.url) else
+                     hub.url_cache_entry(cfg.url, cache_dir))
+            record = _cache.entry_record(entry)
+            if record is not None:
+                problem = _cache.read_entry(entry)[1]
+                row.update(cached=str(entry.path), sha256=record['download']['sha256'],
+                           size=record['download']['size'], status=(
+                               f'cached ({"sha256 recorded at first download" if not problem else problem})'))
+        rows.append(row)
+    return rows
+
+
+def _print_weights(cache_dir: Optional[str]) -> None:
+    for row in weights_table(cache_dir):
+        print(f'{row["tag"]}: {row["source"]}')
+        if row['cached'] is None:
+            print('  not cached')
+            continue
+        print(f'  {row["status"]}: {row["cached"]}')
+        print(f'  sha256 {row["sha256"]}, {row["size"]} bytes')
+    print("\nFor PaddleClas's files (and other URLs) the sha256 and size are those of the download, recorded when it "
+          "was first made, not pinned: compare them with another machine's `timm-ghost info --weights`.")
+
+
 def _cmd_info(args: Any) -> int:
     import timm
 
+    if args.weights:
+        _print_weights(args.cache_dir)
+        return 0
     rows = variant_table(img_size=args.img_size)
     header = f'{"model":<14}{"width":>6}{"params (M)":>12}{"MACs (M)":>10}{"paper top-1":>13}  pretrained tags'
     print(header)
@@ -62,4 +121,8 @@ def register_cli(sub: Any) -> None:
     """Add ``timm-ghost info``."""
     p = sub.add_parser('info', help='table of the variants: params, MACs, pretrained tags, paper top-1')
     p.add_argument('--img-size', type=int, default=224, help='input size for the MAC count (default 224)')
+    p.add_argument('--weights', action='store_true',
+                   help='instead: each pretrained tag, its source, and the sha256 / size of what the cache holds')
+    p.add_argument('--cache-dir', default=None,
+                   help='with --weights: the cache folder, as timm.create_model(cache_dir=...) takes it')
     p.set_defaults(func=_cmd_info)
