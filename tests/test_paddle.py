@@ -172,7 +172,9 @@ def server():
 
 
 def _files_under(folder: Path) -> List[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()) if folder.exists() else []
+    """The files under ``folder`` but the cache's lock files (``.locks/``, kept or removed by filelock's version)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file() and '.locks' not in p.parts) \
+        if folder.exists() else []
 
 
 # ------------------------------------------------------------------------------------------------ cfgs and tags
@@ -419,7 +421,8 @@ try:
                url=model.pretrained_cfg.get('url'), file=model.pretrained_cfg.get('file'))
 except Exception as e:
     out.update(ok=False, error=f'{type(e).__name__}: {e}')
-out['cache'] = sorted(str(p.relative_to(paddle_cache_dir())) for p in paddle_cache_dir().rglob('*') if p.is_file())
+out['cache'] = sorted(str(p.relative_to(paddle_cache_dir())) for p in paddle_cache_dir().rglob('*')
+                      if p.is_file() and '.locks' not in p.parts)
 print(json.dumps(out))
 """
 
@@ -453,8 +456,8 @@ def test_url_downloads_converts_caches_once_then_loads_offline(oracles, server, 
     assert first['url'] == url and first['file'] is None  # the model reports where its weights came from
     assert server.gets(filename) == 1
     entry = _entry_name(url)
-    # the converted file and its record, nothing else (the raw pickle is not kept); the lock file stays, as the Hub's
-    assert first['cache'] == [f'.locks/{entry}.lock', f'{entry}/entry.json', f'{entry}/model.safetensors']
+    # the converted file and its record, nothing else (the raw pickle is not kept)
+    assert first['cache'] == [f'{entry}/entry.json', f'{entry}/model.safetensors']
     record = json.loads((paddle_cache_dir(tmp_path / 'hub' / 'checkpoints') / entry / 'entry.json').read_text())
     stored = paddle_cache_dir(tmp_path / 'hub' / 'checkpoints') / entry / 'model.safetensors'
     assert record['source'] == url and record['converter'] == f'timm_ghost.paddle {CONVERTER_VERSION}'
@@ -580,7 +583,7 @@ def test_four_processes_loading_at_once_download_and_convert_once(oracles, tmp_p
     assert {r['digest'] for r in loads} == {state_digest(model.state_dict())}  # the same weights everywhere
     cache = paddle_cache_dir(tmp_path / 'home' / 'torch' / 'hub' / 'checkpoints')
     entry = _entry_name(url)
-    assert _files_under(cache) == [f'.locks/{entry}.lock', f'{entry}/entry.json', f'{entry}/model.safetensors']
+    assert _files_under(cache) == [f'{entry}/entry.json', f'{entry}/model.safetensors']
 
 
 def test_url_cut_transfer_is_a_clear_error_and_leaves_no_cache_entry(server, tmp_path):
@@ -594,7 +597,7 @@ def test_url_cut_transfer_is_a_clear_error_and_leaves_no_cache_entry(server, tmp
                                       f'short (RemoteProtocolError: ')
     assert '; nothing was cached. Ways round it: ' in str(info.value)
     assert server.gets(filename) >= 2  # huggingface_hub's http_get tried to resume
-    assert _files_under(paddle_cache_dir(tmp_path)) == [f'.locks/{_entry_name(url)}.lock']  # and no entry
+    assert _files_under(tmp_path) == []  # no entry
 
 
 def test_url_missing_file_is_named(server, tmp_path):
@@ -603,7 +606,7 @@ def test_url_missing_file_is_named(server, tmp_path):
         download_paddle_weights(url, cache_dir=tmp_path)
     assert str(info.value).startswith(f'GhostNet_x9_9_pretrained.pdparams: could not download {url}: HTTP status 404 '
                                       f'(Not Found); nothing was cached. Ways round it: download {url} where')
-    assert [p for p in _files_under(tmp_path) if '.locks' not in p] == []
+    assert _files_under(tmp_path) == []
 
 
 def test_url_serving_a_code_running_pickle_is_refused_and_nothing_runs(server, tmp_path):
@@ -616,4 +619,4 @@ def test_url_serving_a_code_running_pickle_is_refused_and_nothing_runs(server, t
                                                      rf'posix\.system,'):
         timm.create_model('ghostnet_050', pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=cache)
     assert not marker.exists()
-    assert [p for p in _files_under(cache) if '.locks' not in p] == []
+    assert _files_under(cache) == []
