@@ -13,6 +13,7 @@ from .api import (
     BF16_RTOL,
     FORMATS,
     FP32_ATOL,
+    MIN_HOLDOUT,
     PRECISIONS,
     ExportResult,
     calibration_split,
@@ -26,6 +27,6 @@ from .cli import register_cli
 from .form import export_form
 
 __all__ = [
-    'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'ExportResult', 'export_model', 'export_module', 'load_export',
-    'export_form', 'runtime_for', 'require_runtime', 'calibration_split', 'register_cli',
+    'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'MIN_HOLDOUT', 'ExportResult', 'export_model', 'export_module',
+    'load_export', 'export_form', 'runtime_for', 'require_runtime', 'calibration_split', 'register_cli',
 ]

@@ -6,17 +6,21 @@ against the eval-mode PyTorch model, writes ``export.json`` beside it and only t
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import importlib.util
+import io
 import json
+import logging
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,8 +30,8 @@ from ..errors import ExportError, MissingDependencyError
 from .form import export_form
 
 __all__ = [
-    'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'ExportResult', 'export_model', 'export_module', 'load_export',
-    'export_form', 'runtime_for', 'require_runtime', 'calibration_split',
+    'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'MIN_HOLDOUT', 'ExportResult', 'export_model', 'export_module',
+    'load_export', 'export_form', 'runtime_for', 'require_runtime', 'calibration_split',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -37,6 +41,7 @@ PRECISIONS = ('fp32', 'bf16', 'int8')
 FP32_ATOL = 1e-4  # fp32 logits must match the eval-mode PyTorch model within this, at every verified batch size
 BF16_RTOL = 0.05  # bf16 logits: max |diff| within this fraction of the largest |logit|, and top-1 agreement reported
 VERIFY_BATCHES = (1, 3)  # the fixed inputs' batch sizes (N(0, 1) images, seed 0)
+MIN_HOLDOUT = 32  # the held-out agreement check runs on at least this many images (a step of about 3 %), or refuses
 METADATA = 'export.json'
 
 
@@ -91,8 +96,12 @@ def calibration_split(
 ) -> Tuple[Any, List[int], List[int]]:
     """``(dataset, calibration indices, held-out indices)`` of the ImageFolder ``root`` under timm's eval transform
     for ``data_config``. The images are shuffled with seed 0; the first ``calib_size`` calibrate and up to
-    ``holdout_size`` of the rest are held out. A folder with ``calib_size`` images or fewer keeps a fifth (at least
-    one image) for the held-out check."""
+    ``holdout_size`` of the rest are held out. A folder with ``calib_size`` images or fewer keeps a fifth, at least
+    ``MIN_HOLDOUT``, for the held-out check and calibrates on the rest.
+
+    The held-out check needs at least ``MIN_HOLDOUT`` images: a smaller ``holdout_size``, or a folder that leaves
+    fewer after calibration, raises ``ValueError`` naming the parameter (an agreement on a handful of images would
+    pass a broken export)."""
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
@@ -104,12 +113,23 @@ def calibration_split(
     except FileNotFoundError:
         raise ValueError(f'--calib {root}: no images found (expected an ImageFolder: DIR/<class>/<image>)') from None
     n = len(dataset)
-    if n < 2:
-        raise ValueError(f'--calib {root}: {n} image found; calibration and the held-out check need at least 2')
     if calib_size < 1:
         raise ValueError(f'--calib-size: expected a positive number of images, got {calib_size}')
+    if holdout_size < MIN_HOLDOUT:
+        raise ValueError(f'holdout_size: expected at least {MIN_HOLDOUT} held-out images for the agreement check, '
+                         f'got {holdout_size}')
+    if n < MIN_HOLDOUT + 1:
+        raise ValueError(f'--calib {root}: {n} images found; calibration and the held-out check need at least '
+                         f'{MIN_HOLDOUT + 1} ({MIN_HOLDOUT} held out)')
+    if n > calib_size:
+        k = calib_size
+        if n - k < MIN_HOLDOUT:
+            raise ValueError(
+                f'--calib-size {calib_size}: {root} has {n} images, which leaves {n - k} for the held-out check; '
+                f'it needs at least {MIN_HOLDOUT} (lower --calib-size to {n - MIN_HOLDOUT} or add images)')
+    else:
+        k = n - min(holdout_size, max(MIN_HOLDOUT, n // 5))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
-    k = calib_size if n > calib_size else n - max(1, n // 5)
     return dataset, order[:k], order[k:k + holdout_size]
 
 
@@ -149,6 +169,7 @@ def export_model(
         force: bool = False,
         model_name: Optional[str] = None,
         weights_source: Optional[str] = None,
+        verbose: bool = False,
         log: Callable[[str], None] = lambda msg: None,
 ) -> ExportResult:
     """Export ``model`` to ``out`` (a new or empty folder; replaced with ``force``) and verify it.
@@ -162,9 +183,11 @@ def export_model(
 
     ``fold``: export a timm-ghost GhostNet's deploy form (:func:`export_form`). ``img_size``: input size (default:
     the model's pretrained cfg). ``max_batch``: ExecuTorch's largest batch (at least 17; ONNX and OpenVINO take any).
-    Raises ``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` for bad arguments, ``MissingDependencyError``
-    when the runtime is not installed, ``ExportError`` when the export fails or does not verify; nothing is left in
-    ``out`` then. Any other image module: :func:`export_module`.
+    ``verbose``: let the exporters, quantizers and runtimes print (progress bars, logs, warnings); by default their
+    output is swallowed and ``log`` gets the steps. Raises ``ValueError`` / ``FileNotFoundError`` /
+    ``FileExistsError`` for bad arguments, ``MissingDependencyError`` when the runtime is not installed,
+    ``ExportError`` when the export fails or does not verify; nothing is left in ``out`` then.
+    Any other image module: :func:`export_module`.
     """
     require_runtime(format)
     data_config = _data_config(model, img_size)
@@ -172,7 +195,7 @@ def export_model(
     return _export(
         model, out, format, precision, data_config, name=name, labels=True, calib=calib, calib_size=calib_size,
         holdout_size=holdout_size, min_agreement=min_agreement, fold=fold, max_batch=max_batch, force=force,
-        weights_source=weights_source, log=log)
+        weights_source=weights_source, verbose=verbose, log=log)
 
 
 def export_module(
@@ -193,6 +216,7 @@ def export_module(
         force: bool = False,
         name: Optional[str] = None,
         weights_source: Optional[str] = None,
+        verbose: bool = False,
         log: Callable[[str], None] = lambda msg: None,
 ) -> ExportResult:
     """Export any image module (one ``(N, *input_size)`` float tensor in, one tensor out: logits ``(N, K)``, a dense
@@ -212,13 +236,14 @@ def export_module(
     return _export(
         module, out, format, precision, data_config, name=name or type(module).__name__, labels=False, calib=calib,
         calib_size=calib_size, holdout_size=holdout_size, min_agreement=min_agreement, fold=fold,
-        max_batch=max_batch, force=force, weights_source=weights_source, log=log)
+        max_batch=max_batch, force=force, weights_source=weights_source, verbose=verbose, log=log)
 
 
 def _export(
         model: nn.Module, out: PathLike, format: str, precision: str, data_config: Dict[str, Any], *, name: str,
         labels: bool, calib: Optional[PathLike], calib_size: int, holdout_size: int, min_agreement: float,
-        fold: bool, max_batch: int, force: bool, weights_source: Optional[str], log: Callable[[str], None],
+        fold: bool, max_batch: int, force: bool, weights_source: Optional[str], verbose: bool,
+        log: Callable[[str], None],
 ) -> ExportResult:
     from .._io import atomic_output_dir, check_output_dir
 
@@ -248,15 +273,18 @@ def _export(
     with atomic_output_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix='timm-ghost-export-') as work:
         log(f'exporting to {format} ({precision}) ...')
         try:
-            files = rt.build(exportable, inputs[-1], tmp, Path(work), precision, calib_batches, max_batch)
-            run = rt.load(tmp, precision)
+            with _quiet(verbose):
+                files = rt.build(exportable, inputs[-1], tmp, Path(work), precision, calib_batches, max_batch)
+                run = rt.load(tmp, precision)
         except Exception as e:  # any exporter / converter / quantizer failure becomes one line
+            hint = '' if verbose else ' (verbose=True, or --verbose, shows the exporter\'s own output)'
             raise ExportError(
-                f'{format} {precision} export of {name} failed: {type(e).__name__}: {_first_line(e)}') from e
+                f'{format} {precision} export of {name} failed: {type(e).__name__}: {_first_line(e)}{hint}') from e
         log('verifying with the runtime ...')
-        verification = _verify(run, inputs, references, precision)
-        if split is not None:
-            verification.update(_heldout_agreement(run, model, split, min(max_batch, 16)))
+        with _quiet(verbose):
+            verification = _verify(run, inputs, references, precision)
+            if split is not None:
+                verification.update(_heldout_agreement(run, model, split, min(max_batch, 16)))
         _check(verification, precision, min_agreement, format, name)
         metadata = _metadata(
             model, name, weights_source, data_config, format, rt, precision, files, fold, max_batch, calib,
@@ -264,6 +292,47 @@ def _export(
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
     log(f'wrote {out}: {", ".join(files)} + {METADATA}')
     return ExportResult(Path(out).expanduser(), files + [METADATA], metadata)
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Swallow what runs inside prints, unless ``verbose``: Python's ``sys.stdout`` / ``sys.stderr``, the process's
+    file descriptors 1 and 2 (C++ libraries print there: ExecuTorch's ``cpuinfo_utils.cpp`` lines), warnings, and
+    log records below ERROR (NNCF's progress and info lines, torch's export notes)."""
+    if verbose:
+        yield
+        return
+    previous_disable = logging.root.manager.disable
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter('ignore')
+        logging.disable(logging.WARNING)
+        stack.callback(logging.disable, previous_disable)
+        _redirect_fds(stack)
+        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        yield
+
+
+def _redirect_fds(stack: contextlib.ExitStack) -> None:
+    """Point file descriptors 1 and 2 at a temporary file until ``stack`` closes (skipped where they are not open)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        return
+    sink = stack.enter_context(tempfile.TemporaryFile())
+
+    def restore() -> None:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+    stack.callback(restore)
+    os.dup2(sink.fileno(), 1)
+    os.dup2(sink.fileno(), 2)
 
 
 def _single_output(output: Any, name: str) -> torch.Tensor:
@@ -386,12 +455,30 @@ def _form_text(model: nn.Module, fold: bool) -> str:
     return 'eval model as given'
 
 
-def load_export(out: PathLike, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+def load_export(out: PathLike, threads: Optional[int] = None, verbose: bool = False,
+                ) -> Callable[[np.ndarray], np.ndarray]:
     """A function running the export in ``out`` on an ``(N, 3, H, W)`` float32 array (normalised as ``export.json``
-    says) and returning logits, with the runtime configured as when it was verified. ``threads``: intra-op threads."""
+    says) and returning logits, with the runtime configured as when it was verified. ``threads``: intra-op threads.
+    ``verbose``: let the runtime print while it loads (ExecuTorch's CPU probe lines).
+
+    An export with a batch bound (ExecuTorch: ``batch.max`` in ``export.json``, from ``max_batch``) refuses a larger
+    batch with a ``ValueError`` naming the bound, before the runtime sees it."""
     out = Path(out).expanduser()
     try:
         meta = json.loads((out / METADATA).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f'{out}: no {METADATA} (not a timm-ghost export folder)') from None
-    return require_runtime(meta['format']).load(out, meta['precision'], threads)
+    rt = require_runtime(meta['format'])
+    with _quiet(verbose):
+        run = rt.load(out, meta['precision'], threads)
+    bound = (meta.get('batch') or {}).get('max')
+    if bound is None:
+        return run
+
+    def bounded(x: np.ndarray) -> np.ndarray:
+        if len(x) > bound:
+            raise ValueError(f'a batch of {len(x)} images is more than this export takes: max_batch {bound} '
+                             f'(batch.max in {out / METADATA}); split the batch, or export with max_batch >= {len(x)}')
+        return run(x)
+
+    return bounded

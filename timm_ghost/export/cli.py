@@ -15,7 +15,8 @@ _EPILOG = """runtime packages (optional extras, not installed with timm-ghost):
 precisions: fp32 (every format; logits verified within 1e-4 of the eval-mode model at batch 1 and 3),
 bf16 (openvino on CPUs with native bf16; within 5% of the largest logit), int8 (every format; needs --calib,
 static post-training quantization with the runtime's own tool, top-1 agreement with fp32 checked on held-out
-images of --calib). OUT gets the artifact and export.json (preprocessing, labels, runtime, verification)."""
+images of --calib, at least 32 of them). OUT gets the artifact and export.json (preprocessing, labels, runtime,
+verification). Quiet by default: the result and its numbers only (--verbose for the steps and the runtimes' output)."""
 
 
 def _cmd_export(args: Any) -> int:
@@ -29,7 +30,10 @@ def _cmd_export(args: Any) -> int:
     result = export_model(
         model, args.out, args.format, args.precision, calib=args.calib, calib_size=args.calib_size,
         min_agreement=args.min_agreement, img_size=args.img_size, fold=not args.no_fold,
-        max_batch=args.max_batch, force=args.force, model_name=args.model, weights_source=source, log=print)
+        max_batch=args.max_batch, force=args.force, model_name=args.model, weights_source=source,
+        verbose=args.verbose, log=print if args.verbose else lambda msg: None)
+    if not args.verbose:
+        print(f'wrote {result.out}: {", ".join(result.files)}')
     v = result.metadata['verification']
     if 'max_abs_diff' in v:
         print('max |logit diff| vs eval-mode PyTorch: ' + ', '.join(
@@ -67,4 +71,6 @@ def register_cli(sub: Any) -> None:
     p.add_argument('--max-batch', type=int, default=32, help='executorch: largest batch size (default 32; at least 17)')
     p.add_argument('--no-fold', action='store_true', help='export the eval model as it is, not the deploy form')
     p.add_argument('--force', action='store_true', help='replace a non-empty OUT')
+    p.add_argument('--verbose', action='store_true',
+                   help="show each step and the exporters' and runtimes' own output (progress bars, logs, warnings)")
     p.set_defaults(func=_cmd_export)
