@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
+from tidy import remove_large_files, remove_large_files_after_each_test  # noqa: F401  (autouse)
 
 from timm_ghost import WIDTHS
 from timm_ghost.cli import main
@@ -175,11 +177,12 @@ def image_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
-def random_weights(tmp_path_factory) -> Path:
+def random_weights(tmp_path_factory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp('w') / 'ghostnet_100_random.safetensors'
     model = randomize_(timm.create_model('ghostnet_100'), seed=3)
     save_file(model.state_dict(), path)
-    return path
+    yield path
+    remove_large_files(path.parent)
 
 
 def _expected_top5(name: str, weights: Path, image: Path):
@@ -437,6 +440,44 @@ def test_help(command, capsys):
         main([command, '--help'])
     assert e.value.code == 0
     assert f'usage: timm-ghost {command}' in capsys.readouterr().out
+
+
+_IMPORTS_AFTER = '''
+import sys
+from timm_ghost_cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ('torch', 'timm', 'timm_ghost', 'numpy') if m in sys.modules)
+print('heavy:', ','.join(heavy), 'code:', code)
+'''
+
+
+@pytest.mark.parametrize('argv, code', [(['--help'], 0), ([], 2), (['-h'], 0), (['nosuch'], 2)])
+def test_top_level_help_imports_no_torch(argv, code):
+    """`timm-ghost --help` (and no command, or an unknown one) answers from the entry point's own declarations:
+    torch, timm and the timm_ghost package are never imported (they take seconds)."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, '-c', _IMPORTS_AFTER, *argv], capture_output=True, text=True, timeout=60)
+    assert res.stdout.splitlines()[-1] == f'heavy:  code: {code}', res.stdout + res.stderr
+    if argv[:1] == ['nosuch']:
+        assert "timm-ghost: error: argument COMMAND: invalid choice: 'nosuch'" in res.stderr
+    else:
+        assert res.stdout.startswith('usage: timm-ghost [-h] COMMAND ...') and 'export' in res.stdout
+
+
+def test_entry_point_is_the_light_one_and_lists_every_command_as_registered():
+    import re
+
+    import timm_ghost_cli
+    from timm_ghost.cli import build_parser
+    pyproject = (Path(__file__).resolve().parents[1] / 'pyproject.toml').read_text()
+    scripts = pyproject.split('[project.scripts]\n', 1)[1].split('\n[', 1)[0]
+    assert re.findall(r'^timm-ghost = "(.*?)"', scripts, re.M) == ['timm_ghost_cli:main']
+    # the light table names each command with the help its module's register_cli gives: the same --help either way
+    assert timm_ghost_cli.light_parser().format_help() == build_parser().format_help()
 
 
 # ------------------------------------------------------------------------------------------------ demo

@@ -1,9 +1,10 @@
 """The ``timm-ghost`` command line.
 
-Each command lives beside the code it drives: a module in ``_COMMAND_MODULES`` exposes
-``register_cli(subparsers)``, adding its sub-commands with a ``func(args) -> int`` default. The library raises
-:mod:`timm_ghost.errors` classes, ``ValueError`` and ``OSError`` for bad input or environment; only here do they
-become one-line messages (exit code 1). Anything else is a bug and keeps its traceback.
+Each command lives beside the code it drives: the module :data:`timm_ghost_cli.COMMANDS` names for it exposes
+``register_cli(subparsers)``, adding its sub-commands with a ``func(args) -> int`` default. The entry point is
+:func:`timm_ghost_cli.main`, which answers ``--help`` without importing torch and hands a command to :func:`run`.
+The library raises :mod:`timm_ghost.errors` classes, ``ValueError`` and ``OSError`` for bad input or environment;
+only here do they become one-line messages (exit code 1). Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -12,28 +13,18 @@ import importlib
 import sys
 from typing import List, Optional
 
+from timm_ghost_cli import COMMANDS, top_parser
+
 from .errors import TimmGhostError
 
-_COMMAND_MODULES = (
-    'timm_ghost.models_info',  # info
-    'timm_ghost.data',  # data
-    'timm_ghost.demo',  # demo
-    'timm_ghost.recipes',  # recipe
-    'timm_ghost.predict',  # predict
-    'timm_ghost.publish',  # convert, push
-    'timm_ghost.export',  # export
-)
 _USER_ERRORS = (TimmGhostError, ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``timm-ghost`` parser with every command module's sub-commands."""
-    parser = argparse.ArgumentParser(
-        prog='timm-ghost',
-        description='GhostNet for timm: inspect, train, convert, publish and export ghostnet_050/100/130.')
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register_cli(sub)
+    parser, sub = top_parser()
+    for module in dict.fromkeys(command.module for command in COMMANDS.values()):
+        importlib.import_module(module).register_cli(sub)
     return parser
 
 
@@ -43,7 +34,14 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``timm-ghost``; returns the process exit code."""
+    """``timm-ghost ARGS``: the entry point (:func:`timm_ghost_cli.main`); returns the process exit code."""
+    from timm_ghost_cli import main as entry_point
+
+    return entry_point(argv)
+
+
+def run(argv: List[str]) -> int:
+    """Parse ``argv`` with the full parser and run its command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, 'func', None):
