@@ -6,6 +6,7 @@ import shutil
 import pytest
 import timm
 import torch
+from tidy import remove_large_files, remove_large_files_after_each_test  # noqa: F401  (autouse)
 
 from timm_ghost import PretrainedWeightsError
 from timm_ghost.errors import UnsupportedPoolError
@@ -109,7 +110,8 @@ def folder(tmp_path_factory):
     from timm.models import save_for_hf
     root = tmp_path_factory.mktemp('hub') / 'folder'
     save_for_hf(timm.create_model('ghostnet_050', num_classes=3), root, safe_serialization=True)
-    return root
+    yield root
+    remove_large_files(root)
 
 
 def _predict_error(capsys, image, *args) -> str:

@@ -15,6 +15,7 @@ import yaml
 from helpers import builtin_model, randomize_
 from hub_server import HubServer, hub_env, run_client, state_digest
 from safetensors.torch import load_file, save_file
+from tidy import remove_large_files, remove_large_files_after_each_test  # noqa: F401  (autouse)
 
 from timm_ghost import cli
 from timm_ghost.errors import ConversionError
@@ -57,7 +58,8 @@ def converted(tmp_path_factory, source):
     with contextlib.redirect_stdout(buf):
         code = cli.main(['convert', str(src), str(out), '--model', 'ghostnet_100',
                          '--repo-id', 'org/ghostnet_100.test'])
-    return code, out, buf.getvalue()
+    yield code, out, buf.getvalue()
+    remove_large_files(tmp)
 
 
 def test_convert_writes_exactly_the_hub_files(converted, source):
