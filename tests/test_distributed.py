@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
+from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 
 WORLD_SIZE = 2
 STEPS = 3
@@ -58,7 +60,7 @@ def _worker(out: Path) -> None:
 
 
 @pytest.fixture(scope='module')
-def ddp_run(tmp_path_factory) -> Path:
+def ddp_run(tmp_path_factory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp('ddp')
     env = dict(os.environ, OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={WORLD_SIZE}',
@@ -68,7 +70,8 @@ def ddp_run(tmp_path_factory) -> Path:
     except subprocess.TimeoutExpired as e:
         pytest.fail(f'two-process DDP run did not finish in {TIMEOUT_S} s: {e.stderr}')
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
+    yield out
+    remove_large_files(out)
 
 
 def test_ddp_ranks_end_with_identical_parameters(ddp_run):

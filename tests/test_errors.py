@@ -6,7 +6,7 @@ import shutil
 import pytest
 import timm
 import torch
-from tidy import remove_large_files, remove_large_files_after_each_test  # noqa: F401  (autouse)
+from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 
 from timm_ghost import PretrainedWeightsError
 from timm_ghost.errors import UnsupportedPoolError

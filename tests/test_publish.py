@@ -15,7 +15,7 @@ import yaml
 from helpers import builtin_model, randomize_
 from hub_server import HubServer, hub_env, run_client, state_digest
 from safetensors.torch import load_file, save_file
-from tidy import remove_large_files, remove_large_files_after_each_test  # noqa: F401  (autouse)
+from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 
 from timm_ghost import cli
 from timm_ghost.errors import ConversionError

@@ -11,14 +11,17 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import timm
 import torch
+from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 from timm.utils import reparameterize_model
 
 from timm_ghost import WIDTHS
@@ -151,13 +154,14 @@ def test_recipe_keys_are_train_py_arguments(name, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ train -> validate
 @pytest.fixture(scope='module')
-def digits32(tmp_path_factory) -> Path:
+def digits32(tmp_path_factory) -> Iterator[Path]:
     _scripts_dir()
     pytest.importorskip('sklearn', reason='the digits data set ships with scikit-learn')
     from timm_ghost.data import write_digits_imagefolder
     out = tmp_path_factory.mktemp('data') / 'digits32'
     write_digits_imagefolder(out, img_size=32)
-    return out
+    yield out
+    shutil.rmtree(out)  # 1,797 files
 
 
 def test_builtin_ghostnet_refuses_drop_path():
@@ -168,7 +172,7 @@ def test_builtin_ghostnet_refuses_drop_path():
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, digits32) -> Path:
+def trained(tmp_path_factory, digits32) -> Iterator[Path]:
     """train.py, unedited, trains ghostnet_050 on the digits for 4 epochs on the CPU."""
     folder = _scripts_dir()
     out = tmp_path_factory.mktemp('train')
@@ -181,7 +185,8 @@ def trained(tmp_path_factory, digits32) -> Path:
         '--output', out, '--experiment', 'digits', '--checkpoint-hist', '1', '--log-interval', '10',
     ], cwd=out)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return out / 'digits'
+    yield out / 'digits'
+    remove_large_files(out)  # checkpoints
 
 
 def test_train_py_trains_our_model_on_digits(trained):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -12,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
-from tidy import remove_large_files, remove_large_files_after_each_test  # noqa: F401  (autouse)
+from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 
 from timm_ghost import WIDTHS
 from timm_ghost.cli import main
@@ -30,11 +31,12 @@ def _files(root: Path) -> list:
 
 # ------------------------------------------------------------------------------------------------ data
 @pytest.fixture(scope='module')
-def digits8(tmp_path_factory) -> Path:
+def digits8(tmp_path_factory) -> Iterator[Path]:
     """The digits at their native 8x8, written once for the module."""
     out = tmp_path_factory.mktemp('digits') / 'digits8'
     write_digits_imagefolder(out, img_size=8)
-    return out
+    yield out
+    shutil.rmtree(out)  # 1,797 files
 
 
 def test_digits_folder_layout_and_counts(digits8):
