@@ -57,9 +57,9 @@ pretrained_cfg_for_features = _private(
     why="the pretrained_cfg timm reports for features_only models", since='0.6')
 
 
-# Whether torch.compile (dynamo) is tracing: public as torch.compiler.is_compiling since torch 2.3; torch 2.1 / 2.2 have
-# only torch._dynamo.is_compiling (since 2.0), which the public one now calls.
-is_compiling: Callable[[], bool] = getattr(torch.compiler, 'is_compiling', None) or _private(
+# Whether torch.compile (dynamo) is tracing: public as torch.compiler.is_compiling since torch 2.3; older torch has only
+# torch._dynamo.is_compiling (since 2.0), which the public one now calls. (torch.compiler itself is new in 2.1.)
+is_compiling: Callable[[], bool] = getattr(getattr(torch, 'compiler', None), 'is_compiling', None) or _private(
     'torch._dynamo', 'is_compiling', why='whether torch.compile is tracing, before torch.compiler.is_compiling (2.3)',
     since='2.0', package='torch')
 
