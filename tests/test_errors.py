@@ -123,20 +123,23 @@ def _predict_error(capsys, image, *args) -> str:
 
 
 def test_corrupt_safetensors_is_one_line_naming_the_file(capsys, image, tmp_path, folder):
+    import re
     bad = tmp_path / 'corrupt.safetensors'
     bad.write_bytes(b'\xff' * 64)  # a header length of 2**64 - 1 bytes
-    assert _predict_error(capsys, image, '--weights', str(bad)) == (
-        f'timm-ghost predict: error: --weights {bad}: not a readable safetensors file, truncated or corrupt (Error '
-        f'while deserializing header: header too large; 64 bytes)')
+    # safetensors' own words for the fault (they vary between its versions) stand between the parentheses
+    reason = r'truncated or corrupt \(Error while deserializing header: [^;]+; '
+    err = _predict_error(capsys, image, '--weights', str(bad))
+    assert re.fullmatch(rf'timm-ghost predict: error: --weights {re.escape(str(bad))}: not a readable safetensors '
+                        rf'file, {reason}64 bytes\)', err), err
     cut = tmp_path / 'cut'
     shutil.copytree(folder, cut)
     weights = cut / 'model.safetensors'
     weights.write_bytes(weights.read_bytes()[:100_000])
-    expected = (f'{weights}: not a readable safetensors file, truncated or corrupt (Error while deserializing header: '
-                f'incomplete metadata, file not fully covered; 100,000 bytes)')
-    assert _predict_error(capsys, image, '--weights', str(cut)) == f'timm-ghost predict: error: --weights {expected}'
-    assert _predict_error(capsys, image, '--model', f'local-dir:{cut}') == (
-        f'timm-ghost predict: error: --model local-dir:{cut}: {expected}')
+    expected = rf'{re.escape(str(weights))}: not a readable safetensors file, {reason}100,000 bytes\)'
+    err = _predict_error(capsys, image, '--weights', str(cut))
+    assert re.fullmatch(rf'timm-ghost predict: error: --weights {expected}', err), err
+    err = _predict_error(capsys, image, '--model', f'local-dir:{cut}')
+    assert re.fullmatch(rf'timm-ghost predict: error: --model local-dir:{re.escape(str(cut))}: {expected}', err), err
 
 
 def test_weights_of_another_format_say_what_the_file_is_and_what_is_accepted(capsys, image, tmp_path):

@@ -69,7 +69,7 @@ def _what_file(path: Path) -> str:
             return 'a NumPy archive (.npz)'
         return 'a zip archive'
     if head.startswith(b'\x89HDF'):
-        return 'an HDF5 file (Keras?)'
+        return 'an HDF5 file'
     if head[:1] == b'\x80':
         return 'a Python pickle'
     try:
@@ -124,10 +124,11 @@ def _one_line(e: BaseException) -> str:
 def _train_args(path: Path) -> Dict[str, Any]:
     """The ``args`` timm's train.py saves in its checkpoints (model, image size, preprocessing), or empty."""
     import argparse
-    if path.suffix not in TORCH_SUFFIXES:
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5, as timm's loader requires
+    if path.suffix not in TORCH_SUFFIXES or safe_globals is None:
         return {}
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with safe_globals([argparse.Namespace]):
             checkpoint = torch.load(str(path), map_location='cpu', weights_only=True)
     except Exception:  # anything unreadable was reported by _tensor_shapes already
         return {}
