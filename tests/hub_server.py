@@ -743,6 +743,7 @@ def client_main() -> None:
     - ``{"cli": [args]}``: ``timm_ghost.cli.main(args)``; result ``ok`` (exit code 0), ``code`` and ``stdout``.
     - ``{"env": {name: value or None}}``: set / unset environment variables read at call time (``HF_TOKEN``).
     - ``{"ready": path, "go": path}``: touch ``ready``, then wait (up to 120 s) for ``go`` to exist.
+    - ``{"damage": path, "how": "truncate" | "edit"}``: cut the file to half its size, or invert its last 8 bytes.
     """
     actions = json.loads(sys.argv[1])
     import timm
@@ -760,6 +761,12 @@ def client_main() -> None:
                 while not Path(action['go']).exists() and time.time() - start < 120:
                     time.sleep(0.02)
                 result['ok'] = Path(action['go']).exists()
+            elif 'damage' in action:
+                path = Path(action['damage'])
+                data = path.read_bytes()
+                path.write_bytes(data[:len(data) // 2] if action['how'] == 'truncate' else
+                                 data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
+                result['ok'] = True
             elif 'cli' in action:
                 out = io.StringIO()
                 with contextlib.redirect_stdout(out):

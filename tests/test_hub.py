@@ -513,8 +513,7 @@ def test_four_processes_loading_a_safetensors_url_at_once_fetch_it_once(tmp_path
         f'{key}/entry.json', f'{key}/model.safetensors']
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'edited'])
-def test_a_damaged_url_cache_entry_is_fetched_again_never_loaded(tmp_path, damage):
+def test_a_damaged_url_cache_entry_is_fetched_again_never_loaded(tmp_path):
     weights = _weights('ghostnet_100', 9)
     with HubServer() as hub:
         hub.commit('org/damage', {'model.safetensors': weights})
@@ -523,26 +522,29 @@ def test_a_damaged_url_cache_entry_is_fetched_again_never_loaded(tmp_path, damag
                 'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=url)}}
         stored = tmp_path / 'home' / 'torch' / 'hub' / 'checkpoints' / 'timm_ghost' / hashlib.sha256(
             url.encode()).hexdigest()[:16] / 'model.safetensors'
-
-        def damage_it() -> None:
-            stored.write_bytes(weights[:len(weights) // 2] if damage == 'truncated' else
-                               weights[:-8] + bytes(b ^ 0xFF for b in weights[-8:]))
-
-        first = run_client([{'id': 'first', **load}], _url_env(hub, tmp_path / 'home'))['first']
-        damage_it()
-        again = run_client([{'id': 'again', **load}], _url_env(hub, tmp_path / 'home'))
-        assert first['digest'] == again['again']['digest'] == _digest(weights)
-        assert hub.downloads('org/damage', 'model.safetensors') == 2  # dropped and fetched again
+        online = run_client([
+            {'id': 'first', **load},
+            {'id': 'truncate', 'damage': str(stored), 'how': 'truncate'},
+            {'id': 'after-truncate', **load},
+            {'id': 'edit', 'damage': str(stored), 'how': 'edit'},
+            {'id': 'after-edit', **load},
+        ], _url_env(hub, tmp_path / 'home'))
+        assert [online[i]['digest'] for i in ('first', 'after-truncate', 'after-edit')] == [_digest(weights)] * 3
+        assert hub.downloads('org/damage', 'model.safetensors') == 3  # each damaged copy dropped and fetched again
         assert stored.read_bytes() == weights
-        assert 'fetching it again' in again.stderr['again']
-        damage_it()
-    offline = run_client([{'id': 'offline', **load}], _url_env(hub, tmp_path / 'home', HF_HUB_OFFLINE='1'))
+        assert (f'the cached {stored} holds {len(weights) // 2} bytes where {len(weights)} were recorded when it was '
+                f'written; fetching it again') in online.stderr['after-truncate']
+        assert f'the cached {stored} has sha256 ' in online.stderr['after-edit']
+    offline = run_client([
+        {'id': 'truncate', 'damage': str(stored), 'how': 'truncate'},
+        {'id': 'offline', **load},
+    ], _url_env(hub, tmp_path / 'home', HF_HUB_OFFLINE='1'))
     r = offline['offline']
     assert r['error_type'] == 'PretrainedWeightsError'  # never loaded
-    problem = (f'holds {len(weights) // 2} bytes where {len(weights)} were recorded when it was written'
-               if damage == 'truncated' else 'has sha256 ')
-    assert r['error'].startswith(f'ghostnet_100.in1k: its cached copy {stored.parent} {problem}')
-    assert '(truncated or edited; removed it), and HF_HUB_OFFLINE is set; load it once online.' in r['error']
+    assert r['error'].startswith(
+        f'ghostnet_100.in1k: its cached copy {stored.parent} holds {len(weights) // 2} bytes where {len(weights)} '
+        f'were recorded when it was written (truncated or edited; removed it), and HF_HUB_OFFLINE is set; load it '
+        f'once online. Ways round it: ')
     assert not stored.parent.exists()
 
 

@@ -620,3 +620,30 @@ def test_url_serving_a_code_running_pickle_is_refused_and_nothing_runs(server, t
         timm.create_model('ghostnet_050', pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=cache)
     assert not marker.exists()
     assert _files_under(cache) == []
+
+
+def test_info_weights_reports_the_sha256_and_size_recorded_at_first_download(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from timm_ghost import _cache
+    from timm_ghost.paddle.cache import paddle_cache_entry
+
+    release = PADDLECLAS_WEIGHTS['ghostnet_130.ssld_in1k']
+    download = b'the bytes of the .pdparams as downloaded'
+    entry = paddle_cache_entry(release.url, tmp_path)
+
+    def make(folder: Path) -> Dict[str, object]:  # what the download route keeps: the converted file, the record
+        save_file({'w': torch.ones(3)}, str(folder / 'model.safetensors'))
+        return {'sha256': hashlib.sha256(download).hexdigest(), 'size': len(download)}
+
+    assert _cache.fetch_entry(entry, make, release.tag, offline=False, offline_hint='') == entry.path
+    assert cli.main(['info', '--weights', '--cache-dir', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (f'ghostnet_130.ssld_in1k: {release.url}\n  cached (sha256 recorded at first download): {entry.path}\n'
+            f'  sha256 {hashlib.sha256(download).hexdigest()}, {len(download)} bytes\n') in out
+    assert f'ghostnet_130.paddle_in1k: {PADDLECLAS_WEIGHTS["ghostnet_130.paddle_in1k"].url}\n  not cached\n' in out
+    size = entry.path.stat().st_size
+    entry.path.write_bytes(b'x')  # a damaged entry is reported as such
+    assert cli.main(['info', '--weights', '--cache-dir', str(tmp_path)]) == 0
+    assert (f'  cached (holds 1 bytes where {size} were recorded when it was written): {entry.path}\n'
+            in capsys.readouterr().out)

@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar, Union
 
 from . import _compat
 from ._io import atomic_output_file
@@ -69,7 +69,7 @@ def _status(e: BaseException) -> Optional[int]:
     return status if isinstance(status, int) else None
 
 
-def cause_in_words(e: BaseException, url: str = '') -> tuple:
+def cause_in_words(e: BaseException, url: str = '') -> Tuple[str, str]:
     """``(kind, words)`` for a failed request: ``dns`` (the host name did not resolve), ``refused`` (nothing listens
     at the host and port), ``timeout``, ``http`` (an error status), or ``other`` (the exception's own line). Read from
     the whole exception chain: httpx wraps the socket error that says what happened."""
