@@ -49,7 +49,7 @@ class SceneConfig:
     max_digits: int = 4
     min_size: int = 24
     max_size: int = 48
-    train_scenes: int = 1200
+    train_scenes: int = 800
     val_scenes: int = 200
     seed: int = 0
 
@@ -69,7 +69,7 @@ class DenseDemoConfig:
     """Training settings of a dense demo (the defaults are the documented full runs)."""
     model: str = 'ghostnet_050'
     scenes: SceneConfig = field(default_factory=SceneConfig)
-    epochs: int = 8
+    epochs: int = 4
     batch_size: int = 8
     lr: float = 0.02
     weight_decay: float = 1e-4
@@ -105,7 +105,7 @@ class DenseDemoResult:
 
 
 # the full runs' settings per task (DenseDemoConfig's defaults are the detector's)
-_TASK_SETTINGS: Dict[str, Dict[str, Any]] = {'detect': {}, 'segment': dict(lr=0.05, epochs=6, batch_size=16)}
+_TASK_SETTINGS: Dict[str, Dict[str, Any]] = {'detect': {}, 'segment': dict(lr=0.05, epochs=4, batch_size=16)}
 
 
 def default_config(task: str) -> DenseDemoConfig:
@@ -198,8 +198,10 @@ def write_digit_scenes(out: Union[str, os.PathLike], cfg: Optional[SceneConfig] 
 
 def _read_rgb(path: Path) -> torch.Tensor:
     """A PNG as a ``(3, H, W)`` float tensor in [0, 1]."""
-    from torchvision.io import ImageReadMode, decode_image
-    return decode_image(str(path), mode=ImageReadMode.RGB).float().div_(255.)
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as img:
+        return torch.from_numpy(np.array(img.convert('RGB'))).permute(2, 0, 1).float().div_(255.)
 
 
 class DetectionScenes(torch.utils.data.Dataset):
@@ -249,9 +251,11 @@ class SegmentationScenes(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        from torchvision.io import ImageReadMode, decode_image
+        import numpy as np
+        from PIL import Image
         name = self.names[i]
-        mask = decode_image(str(self.root / 'masks' / self.split / name), mode=ImageReadMode.GRAY)[0].long()
+        with Image.open(self.root / 'masks' / self.split / name) as img:
+            mask = torch.from_numpy(np.array(img, dtype=np.uint8)).long()
         return _read_rgb(self.root / 'images' / self.split / name), mask
 
 
