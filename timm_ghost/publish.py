@@ -76,8 +76,8 @@ def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
 
 
 def _config_beside(src: Path, model_name: str) -> Dict[str, Any]:
-    """The timm ``config.json`` in ``src``'s folder when it is one for ``model_name`` with as many classes (else
-    empty): its input size, preprocessing and label names describe the weights beside it."""
+    """The timm ``config.json`` in ``src``'s folder when it is one for ``model_name`` (else empty): its input size,
+    preprocessing and label names (when as many as the classes) describe the weights beside it."""
     path = src.parent / 'config.json'
     if not path.is_file():
         return {}
