@@ -129,7 +129,6 @@ def download_url(url: str, cache_dir: Optional[Union[str, os.PathLike]] = None, 
         PretrainedWeightsError: a URL that is not safetensors, or a download / cache failure, naming ``what`` (the
             tag), the URL, the cause and the ways round it.
     """
-
     what = what or url
     if not url.split('?')[0].endswith('.safetensors'):
         raise PretrainedWeightsError(
