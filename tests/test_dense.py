@@ -301,3 +301,21 @@ def test_frozen_batchnorm_folds_like_batchnorm(name):
     assert sum(isinstance(m, GhostBottleneckDeploy) for m in folded.modules()) == 16
     assert [type(m).__name__ for m in folded.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))] == [
         'FrozenBatchNorm2d']  # the stem's norm, which freeze_batch_norm_2d replaced by a plain FrozenBatchNorm2d
+
+
+@pytest.mark.parametrize('fmt', ['onnx', pytest.param('openvino', marks=pytest.mark.slow)])
+def test_smp_segmenter_with_a_folded_encoder_exports_verified(fmt, tmp_path):
+    from timm_ghost.export import export_module, load_export
+    model = randomize_(smp.Unet('tu-ghostnet_050', encoder_weights=None, feature_location='bottleneck',
+                                decoder_channels=(64, 32, 16, 16, 8), classes=3)).eval()
+    folded = timm.utils.reparameterize_model(model)
+    assert sum(isinstance(m, GhostBottleneckDeploy) for m in folded.modules()) == 16
+    result = export_module(folded, tmp_path / fmt, fmt, input_size=(3, 96, 96))
+    assert result.metadata['output_size'] == [3, 96, 96]
+    run = load_export(tmp_path / fmt)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ref = model(x)
+    assert _max_diff(torch.from_numpy(run(x.numpy())), ref) < 1e-4
+    for path in (tmp_path / fmt).iterdir():
+        path.unlink()

@@ -32,6 +32,7 @@ import torch.nn as nn
 __all__ = [
     'SceneConfig', 'DenseDemoConfig', 'DenseDemoResult', 'write_digit_scenes', 'DetectionScenes',
     'SegmentationScenes', 'run_detect_demo', 'run_segment_demo', 'DEFAULT_DIRS', 'default_config',
+    'format_dense_results',
 ]
 
 DEFAULT_DIRS = {'detect': 'ghostnet-digits-detect', 'segment': 'ghostnet-digits-segment'}
@@ -71,8 +72,10 @@ class DenseDemoConfig:
     scenes: SceneConfig = field(default_factory=SceneConfig)
     epochs: int = 4
     batch_size: int = 8
+    opt: str = 'sgd'  # timm.optim.create_optimizer_v2's name (SGD: momentum 0.9)
     lr: float = 0.02
     weight_decay: float = 1e-4
+    clip_grad: float = 10.  # gradient-norm clip: keeps the first steps of a detector stable
     warmup_steps: int = 50
     threads: int = 2
     digits_weights: Optional[str] = None  # a classification demo folder's model/ (default: ./ghostnet-digits-demo)
@@ -105,7 +108,8 @@ class DenseDemoResult:
 
 
 # the full runs' settings per task (DenseDemoConfig's defaults are the detector's)
-_TASK_SETTINGS: Dict[str, Dict[str, Any]] = {'detect': {}, 'segment': dict(lr=0.05, epochs=4, batch_size=16)}
+_TASK_SETTINGS: Dict[str, Dict[str, Any]] = {
+    'detect': {}, 'segment': dict(opt='adamw', lr=2e-3, weight_decay=1e-4, epochs=4, batch_size=16)}
 
 
 def default_config(task: str) -> DenseDemoConfig:
@@ -279,10 +283,11 @@ def _mean_std() -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # the classification demo's normalisation (timm's default)
 
 
-def _sgd_with_warmup(params: List[nn.Parameter], cfg: DenseDemoConfig, total_steps: int) -> Tuple[Any, Any]:
-    """SGD (momentum 0.9) with timm's cosine schedule and a linear warm-up, stepped per update."""
+def _optimizer(params: List[nn.Parameter], cfg: DenseDemoConfig, total_steps: int) -> Tuple[Any, Any]:
+    """timm's optimizer ``cfg.opt`` with timm's cosine schedule and a linear warm-up, stepped per update."""
+    from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    optimizer = create_optimizer_v2(params, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
     scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=cfg.lr / 100,
                                   warmup_t=min(cfg.warmup_steps, total_steps // 4), warmup_lr_init=cfg.lr / 100,
                                   t_in_epochs=False)
@@ -435,14 +440,14 @@ def _versions() -> Dict[str, str]:
 def _train_loop(model: nn.Module, data: torch.utils.data.Dataset, cfg: DenseDemoConfig,
                 loss_fn: Callable[..., torch.Tensor], progress: bool,
                 log: Callable[[str], None]) -> Tuple[List[Dict[str, float]], float]:
-    """``cfg.epochs`` epochs of SGD over ``data`` (shuffled, seeded); one history row per epoch."""
+    """``cfg.epochs`` epochs over ``data`` (shuffled, seeded); one history row per epoch."""
     from tqdm.auto import tqdm
     gen = torch.Generator().manual_seed(cfg.scenes.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                          collate_fn=_collate, drop_last=True)
     params = [p for p in model.parameters() if p.requires_grad]
     total = cfg.epochs * len(loader)
-    optimizer, scheduler = _sgd_with_warmup(params, cfg, total)
+    optimizer, scheduler = _optimizer(params, cfg, total)
     history, step, start = [], 0, time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
@@ -453,6 +458,8 @@ def _train_loop(model: nn.Module, data: torch.utils.data.Dataset, cfg: DenseDemo
             loss = loss_fn(model, images, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             optimizer.step()
             step += 1
             scheduler.step_update(step)
@@ -485,11 +492,10 @@ def _detections_diff(model: nn.Module, folded: nn.Module, data: DetectionScenes,
     return diff
 
 
-def _figure(num: int) -> Tuple[Any, Any]:
+def _figure(num: int, cols: int = 4) -> Tuple[Any, Any]:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    cols = 4
     rows = math.ceil(num / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows))
     return fig, list(axes.flat)
@@ -595,10 +601,12 @@ def _run_segment(out: Path, cfg: DenseDemoConfig, force: bool, progress: bool,
         log(f"[2/4] training smp.Unet('tu-local-dir:{weights}', feature_location='bottleneck') for {cfg.epochs} "
             f'epochs on {torch.get_num_threads()} thread(s)')
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in _mean_std())
-        criterion = nn.CrossEntropyLoss()
+        import segmentation_models_pytorch as smp
+        ce, dice = nn.CrossEntropyLoss(), smp.losses.DiceLoss('multiclass')  # Dice: the thin digits count as much
 
         def loss_fn(m: nn.Module, images: Tuple[torch.Tensor, ...], masks: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return criterion(m((torch.stack(images) - mean) / std), torch.stack(masks))
+            logits, target = m((torch.stack(images) - mean) / std), torch.stack(masks)
+            return ce(logits, target) + dice(logits, target)
 
         history, train_seconds = _train_loop(model, train_set, cfg, loss_fn, progress, log)
         pred, target = predict_masks(model, val_set)
@@ -624,11 +632,11 @@ def _run_segment(out: Path, cfg: DenseDemoConfig, force: bool, progress: bool,
 
 @torch.inference_mode()
 def _draw_masks(model: nn.Module, data: SegmentationScenes, path: Path, num: int = 4) -> None:
-    """Held-out scenes: image, true mask, predicted mask (one row of each per scene pair)."""
+    """Held-out scenes, one per row: the image, the true mask, the predicted mask."""
     import numpy as np
     sub = torch.utils.data.Subset(data, range(min(num, len(data))))
     pred, target = predict_masks(model, sub)  # type: ignore[arg-type]
-    fig, axes = _figure(3 * len(sub))
+    fig, axes = _figure(3 * len(sub), cols=3)
     for k in range(len(sub)):
         image = data[k][0].permute(1, 2, 0).numpy()
         for ax, img, title in zip(axes[3 * k:3 * k + 3], (image, target[k].numpy(), pred[k].numpy()),

@@ -1,0 +1,129 @@
+"""``timm-ghost demo --task detect|segment``: reduced runs that must learn (default suite), the full runs with their
+documented floors (slow), the data formats they write, the command line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip('segmentation_models_pytorch', reason="needs segmentation_models_pytorch: pip install "
+                                                          "'timm-ghost[dense]'")
+pytest.importorskip('pycocotools', reason="needs pycocotools: pip install 'timm-ghost[dense]'")
+
+from timm_ghost.cli import main  # noqa: E402
+from timm_ghost.demo import DemoConfig, run_demo  # noqa: E402
+from timm_ghost.dense_demo import (  # noqa: E402
+    DetectionScenes,
+    SceneConfig,
+    SegmentationScenes,
+    default_config,
+    run_detect_demo,
+    run_segment_demo,
+    write_digit_scenes,
+)
+
+REDUCED_SCENES = dict(canvas=96, min_size=20, max_size=40, train_scenes=160, val_scenes=40)
+# floors of the reduced runs (2 epochs on 160 scenes from a 2-epoch digits classifier); measured: see docs/dense.md
+REDUCED_MAP50_FLOOR = 0.30
+REDUCED_MIOU_FLOOR = 0.30
+# the full runs' floors (docs/dense.md)
+FULL_MAP50_FLOOR = 0.80
+FULL_MIOU_FLOOR = 0.70
+
+
+@pytest.fixture(scope='module')
+def digits_weights(tmp_path_factory):
+    """A short classification demo run: the digits weights the dense demos start from."""
+    out = tmp_path_factory.mktemp('classify') / 'demo'
+    return run_demo(out, DemoConfig(epochs=2), progress=False, log=lambda s: None).model_dir
+
+
+def _reduced(task: str, weights: str, **overrides):
+    cfg = default_config(task)
+    cfg.scenes = SceneConfig(**REDUCED_SCENES)
+    cfg.epochs, cfg.warmup_steps, cfg.threads, cfg.digits_weights = 2, 10, 2, weights
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_scenes_are_written_as_coco_json_and_png_masks(tmp_path):
+    counts = write_digit_scenes(tmp_path / 'data', SceneConfig(canvas=64, min_size=16, max_size=32, train_scenes=6,
+                                                               val_scenes=3, seed=1))
+    assert counts == {'train': 6, 'val': 3}
+    coco = json.loads((tmp_path / 'data' / 'annotations' / 'instances_val.json').read_text())
+    assert [c['name'] for c in coco['categories']] == [str(d) for d in range(10)]
+    assert len(coco['images']) == 3 and coco['annotations']
+    det, seg = DetectionScenes(tmp_path / 'data', 'val'), SegmentationScenes(tmp_path / 'data', 'val')
+    for i in range(3):
+        image, target = det[i]
+        same_image, mask = seg[i]
+        assert image.shape == same_image.shape == (3, 64, 64) and mask.shape == (64, 64)
+        assert (image == same_image).all()
+        boxes, labels = target['boxes'], target['labels']
+        for box, label in zip(boxes.long().tolist(), labels.tolist()):
+            # each box is tight around pixels of its digit's class in the mask
+            inside = mask[box[1]:box[3], box[0]:box[2]]
+            assert (inside == label).any()
+            assert (inside == label).any(0).all() and (inside == label).any(1).all()
+        assert set(mask.unique().tolist()) == {0, *labels.tolist()}
+
+
+def test_detect_demo_reduced_run_learns(digits_weights, tmp_path):
+    result = run_detect_demo(tmp_path / 'det', _reduced('detect', digits_weights, lr=0.01), progress=False,
+                             log=lambda s: None)
+    assert result.metrics['mAP50'] >= REDUCED_MAP50_FLOOR, result.metrics
+    assert result.history[-1]['loss'] < result.history[0]['loss']
+    assert result.folded_max_abs_diff < 1e-3  # boxes in pixels of a 96 px image, scores
+    out = tmp_path / 'det'
+    assert json.loads((out / 'results.json').read_text())['metrics'] == result.metrics
+    assert (out / 'predictions.png').stat().st_size > 10_000
+    assert (out / 'data' / 'annotations' / 'instances_train.json').is_file()
+    (out / 'model.safetensors').unlink()
+
+
+def test_segment_demo_reduced_run_learns(digits_weights, tmp_path):
+    result = run_segment_demo(tmp_path / 'seg', _reduced('segment', digits_weights), progress=False,
+                              log=lambda s: None)
+    assert result.metrics['mIoU'] >= REDUCED_MIOU_FLOOR, result.metrics
+    assert result.history[-1]['loss'] < result.history[0]['loss']
+    assert result.folded_max_abs_diff < 1e-4
+    out = tmp_path / 'seg'
+    assert json.loads((out / 'results.json').read_text())['metrics'] == result.metrics
+    assert (out / 'predictions.png').stat().st_size > 10_000
+    assert len(list((out / 'data' / 'masks' / 'val').glob('*.png'))) == REDUCED_SCENES['val_scenes']
+    (out / 'model.safetensors').unlink()
+
+
+def test_cli_dense_task_refuses_the_classify_settings(capsys, tmp_path):
+    assert main(['demo', '--task', 'detect', '--epochs', '3', '--out', str(tmp_path / 'x')]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ('timm-ghost demo: error: --epochs sets the classify task; --task detect runs its '
+                           'documented settings (change them through timm_ghost.dense_demo.DenseDemoConfig)')
+    assert not (tmp_path / 'x').exists()
+
+
+@pytest.fixture(scope='module')
+def full_digits_weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp('classify_full') / 'demo'
+    return run_demo(out, DemoConfig(), progress=False, log=lambda s: None).model_dir
+
+
+@pytest.mark.slow
+def test_detect_demo_full_run_reaches_its_floor(full_digits_weights, tmp_path):
+    cfg = default_config('detect')
+    cfg.digits_weights = full_digits_weights
+    result = run_detect_demo(tmp_path / 'det', cfg, progress=False, log=lambda s: None)
+    assert result.metrics['mAP50'] >= FULL_MAP50_FLOOR, result.metrics
+    assert result.folded_max_abs_diff < 1e-3
+    (tmp_path / 'det' / 'model.safetensors').unlink()
+
+
+@pytest.mark.slow
+def test_segment_demo_full_run_reaches_its_floor(full_digits_weights, tmp_path):
+    cfg = default_config('segment')
+    cfg.digits_weights = full_digits_weights
+    result = run_segment_demo(tmp_path / 'seg', cfg, progress=False, log=lambda s: None)
+    assert result.metrics['mIoU'] >= FULL_MIOU_FLOOR, result.metrics
+    assert result.folded_max_abs_diff < 1e-4
+    (tmp_path / 'seg' / 'model.safetensors').unlink()
