@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import timm
 from helpers import builtin_model
-from tidy import remove_artifacts_of_passed_tests  # noqa: F401  (autouse)
 from timm.utils import reparameterize_model
 
 from timm_ghost.models_info import count_macs

@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 from helpers import END_OF_RESOLUTION_CHANNELS, MODEL_NAMES, builtin_model, randomize_, stage_outputs
 from safetensors.torch import save_file
-from tidy import remove_artifacts_of_passed_tests  # noqa: F401  (autouse)
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import adapt_input_conv
 from timm.optim import create_optimizer_v2

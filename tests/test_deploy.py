@@ -17,7 +17,6 @@ import timm
 import torch
 import torch.nn as nn
 from helpers import END_OF_RESOLUTION_CHANNELS, MODEL_NAMES, randomize_
-from tidy import remove_artifacts_of_passed_tests  # noqa: F401  (autouse)
 from timm.utils import reparameterize_model
 
 import timm_ghost.deploy as deploy

@@ -8,6 +8,7 @@ directly, as train.py's ClassificationTask.prepare_distributed does it on GPUs. 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,6 @@ from typing import Iterator
 
 import pytest
 import torch
-from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 
 WORLD_SIZE = 2
 STEPS = 3
@@ -71,7 +71,7 @@ def ddp_run(tmp_path_factory) -> Iterator[Path]:
         pytest.fail(f'two-process DDP run did not finish in {TIMEOUT_S} s: {e.stderr}')
     assert proc.returncode == 0, proc.stderr[-4000:]
     yield out
-    remove_large_files(out)
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def test_ddp_ranks_end_with_identical_parameters(ddp_run):

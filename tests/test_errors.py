@@ -6,7 +6,6 @@ import shutil
 import pytest
 import timm
 import torch
-from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 
 from timm_ghost import PretrainedWeightsError
 from timm_ghost.errors import UnsupportedPoolError
@@ -111,7 +110,7 @@ def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp('hub') / 'folder'
     save_for_hf(timm.create_model('ghostnet_050', num_classes=3), root, safe_serialization=True)
     yield root
-    remove_large_files(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _predict_error(capsys, image, *args) -> str:

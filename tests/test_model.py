@@ -11,7 +11,6 @@ import timm
 import torch
 from helpers import MODEL_NAMES, builtin_model, randomize_
 from safetensors.torch import save_file
-from tidy import remove_artifacts_of_passed_tests  # noqa: F401  (autouse)
 
 import timm_ghost
 from timm_ghost.models_info import count_macs, count_params

@@ -12,7 +12,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers import randomize_
 from safetensors.torch import save_file
-from tidy import remove_artifacts_of_passed_tests  # noqa: F401  (autouse)
 from timm.layers import DropPath
 from timm.optim import create_optimizer_v2
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint

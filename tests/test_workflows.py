@@ -13,7 +13,6 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
-from tidy import remove_artifacts_of_passed_tests, remove_large_files  # noqa: F401  (autouse)
 
 from timm_ghost import WIDTHS
 from timm_ghost.cli import main
@@ -184,7 +183,7 @@ def random_weights(tmp_path_factory) -> Iterator[Path]:
     model = randomize_(timm.create_model('ghostnet_100'), seed=3)
     save_file(model.state_dict(), path)
     yield path
-    remove_large_files(path.parent)
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _expected_top5(name: str, weights: Path, image: Path):
