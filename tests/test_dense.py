@@ -319,3 +319,22 @@ def test_smp_segmenter_with_a_folded_encoder_exports_verified(fmt, tmp_path):
     assert _max_diff(torch.from_numpy(run(x.numpy())), ref) < 1e-4
     for path in (tmp_path / fmt).iterdir():
         path.unlink()
+
+
+def test_docs_dense_table_is_bench_dense_output_of_the_committed_json():
+    """docs/dense.md's speed table is exactly what bench_dense.py renders from benchmarks/results/dense.json."""
+    import json
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / 'benchmarks'
+    sys.path.insert(0, str(bench))
+    try:
+        import bench_dense
+    finally:
+        sys.path.remove(str(bench))
+    data = json.loads((bench / 'results' / 'dense.json').read_text())
+    assert data['kind'] == 'dense' and not data['short'] and data['sizes'] == [320, 512] and data['threads'] == 2
+    start, end = bench_dense.DOCS_MARKERS
+    doc = (bench.parent / 'docs' / 'dense.md').read_text()
+    assert doc.count(start) == 1 and doc.count(end) == 1
+    assert doc.split(f'{start}\n', 1)[1].split(end, 1)[0] == bench_dense.render_table(data)

@@ -361,7 +361,7 @@ def register_cli(sub: Any) -> None:
                     "through timm.create_model('local-dir:...'), fuse it for deploy and compare predictions and "
                     'speed. Writes OUT/data, OUT/model and OUT/results.json.')
     p.add_argument('--task', choices=('classify', 'detect', 'segment'), default='classify',
-                   help='classify (default): this demo; detect / segment: Faster R-CNN / smp Unet on GhostNet, trained '
+                   help='classify (default): this demo; detect / segment: Faster R-CNN / smp FPN on GhostNet, trained '
                         'on scenes of digits from these digits weights (docs/dense.md)')
     p.add_argument('--out', default=DEFAULT_DEMO_DIR, metavar='OUT',
                    help=f'output folder (default ./{DEFAULT_DEMO_DIR}); must be new or empty unless --force')
