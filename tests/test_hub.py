@@ -327,14 +327,22 @@ def test_server_errors_fail_clearly_within_the_timeouts(world):
     assert 2 * TIMEOUT <= r['seconds'] <= PROBE_BOUND  # it waited for both tries, no longer than promised
 
 
+def _hub_asks_for_agent_registry() -> bool:
+    """Whether the installed huggingface_hub fetches its agent registry from the Hub before its first request."""
+    import huggingface_hub
+    return any('agent-harnesses' in p.read_text(errors='ignore')
+               for p in Path(huggingface_hub.__file__).parent.rglob('*.py'))
+
+
 def test_a_hub_that_never_answers_fails_within_the_promised_bound(world):
     r = world.stalled_run['stall-all']
     assert r['error_type'] == 'PretrainedWeightsError'
     assert 'org/any' in r['error'] and f'no answer within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s' in r['error']
     assert 'No cached copy' in r['error']
     assert 2 * TIMEOUT <= r['seconds'] <= PROBE_BOUND
-    # huggingface_hub's own request came first and stalled too: the bound holds in wall-clock time regardless
-    assert len(world.stalled.seen('GET', '/api/agent-harnesses')) >= 1
+    # newer huggingface_hub makes a request of its own first, which stalled too: the bound holds in wall-clock time
+    # regardless
+    assert len(world.stalled.seen('GET', '/api/agent-harnesses')) >= (1 if _hub_asks_for_agent_registry() else 0)
     assert 1 <= len(world.stalled.seen('HEAD', '/org/any/resolve/main/model.safetensors')) <= 2
 
 

@@ -596,7 +596,7 @@ def test_url_cut_transfer_is_a_clear_error_and_leaves_no_cache_entry(server, tmp
     assert str(info.value).startswith(f'ghostnet_050.paddle_in1k: could not download {url}: the transfer was cut '
                                       f'short (RemoteProtocolError: ')
     assert '; nothing was cached. Ways round it: ' in str(info.value)
-    assert server.gets(filename) >= 2  # huggingface_hub's http_get tried to resume
+    assert server.gets(filename) >= 1  # the cut transfer (newer huggingface_hub's http_get also tries to resume)
     assert _files_under(tmp_path) == []  # no entry
 
 
