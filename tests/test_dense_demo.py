@@ -42,7 +42,7 @@ def digits_weights(tmp_path_factory):
 def _reduced(task: str, weights: str, **overrides):
     cfg = default_config(task)
     cfg.scenes = SceneConfig(**REDUCED_SCENES)
-    cfg.epochs, cfg.batch_size, cfg.warmup_steps, cfg.threads, cfg.digits_weights = 4, 8, 10, 2, weights
+    cfg.epochs, cfg.batch_size, cfg.warmup_steps, cfg.threads, cfg.digits_weights = 4, 8, 10, 1, weights
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg

@@ -77,7 +77,7 @@ class DenseDemoConfig:
     weight_decay: float = 1e-4
     clip_grad: float = 10.  # gradient-norm clip: keeps the first steps of a detector stable
     warmup_steps: int = 50
-    threads: int = 2
+    threads: int = 1  # as the classification demo: a second OpenMP thread on a shared CPU can spin for nothing
     digits_weights: Optional[str] = None  # a classification demo folder's model/ (default: ./ghostnet-digits-demo)
 
     def __post_init__(self) -> None:
