@@ -39,7 +39,9 @@ import timm_ghost
 from timm_ghost.hub import PretrainedWeightsError
 
 TIMEOUT = 2  # HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT of the client processes, seconds
-PROBE_BOUND = 2 * TIMEOUT + 1  # the README's promise for a Hub that does not answer and no cached copy
+# the README's promise for a Hub that does not answer and no cached copy, checked on the client's fetch_seconds (the
+# weights' resolution alone, not the model construction around it, which a loaded 2-core machine can slow at will)
+PROBE_BOUND = 2 * TIMEOUT + 1
 RESUMES = 5  # huggingface_hub's resume attempts after a read timeout, 1 s apart (file_download.http_get)
 TRANSFER_BOUND = (1 + RESUMES) * (TIMEOUT + 1)  # after a transfer stops: each attempt waits out the read timeout
 
@@ -286,7 +288,7 @@ def test_missing_repository_file_or_revision_is_named(world, case, words):
     assert r['error_type'] == 'PretrainedWeightsError'
     for word in words:
         assert word in r['error']
-    assert r['seconds'] < 30
+    assert r['fetch_seconds'] <= PROBE_BOUND  # a definite answer: no retries
 
 
 def test_weights_of_another_width_name_the_mismatching_shapes(world):
@@ -317,14 +319,14 @@ def test_server_errors_fail_clearly_within_the_timeouts(world):
                                  f"model.safetensors'); or pass "
                                  f'cache_dir= (or set HF_HOME) to a copy of a Hub cache that holds it')
     assert 'HF_HUB_ETAG_TIMEOUT' not in r['error']  # no timeout advice for an error status
-    assert r['seconds'] <= PROBE_BOUND
+    assert r['fetch_seconds'] <= PROBE_BOUND
     r = world.run['stall']
     assert r['error_type'] == 'PretrainedWeightsError'
     assert r['error'].startswith(f'ghostnet_100.in1k: could not reach Hub repository org/stall (file '
                                  f'model.safetensors) at {world.hub.endpoint} after 2 tries: timed out: no answer '
                                  f'within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s. No cached copy. Ways round it: ')
     assert r['error'].endswith(f'; or, for a slow Hub, raise HF_HUB_ETAG_TIMEOUT (now {TIMEOUT} s)')
-    assert 2 * TIMEOUT <= r['seconds'] <= PROBE_BOUND  # it waited for both tries, no longer than promised
+    assert 2 * TIMEOUT <= r['fetch_seconds'] <= PROBE_BOUND  # it waited for both tries, no longer than promised
 
 
 def _hub_asks_for_agent_registry() -> bool:
@@ -339,7 +341,7 @@ def test_a_hub_that_never_answers_fails_within_the_promised_bound(world):
     assert r['error_type'] == 'PretrainedWeightsError'
     assert 'org/any' in r['error'] and f'no answer within HF_HUB_ETAG_TIMEOUT={TIMEOUT} s' in r['error']
     assert 'No cached copy' in r['error']
-    assert 2 * TIMEOUT <= r['seconds'] <= PROBE_BOUND
+    assert 2 * TIMEOUT <= r['fetch_seconds'] <= PROBE_BOUND
     # newer huggingface_hub makes a request of its own first, which stalled too: the bound holds in wall-clock time
     # regardless
     assert len(world.stalled.seen('GET', '/api/agent-harnesses')) >= (1 if _hub_asks_for_agent_registry() else 0)
@@ -384,7 +386,7 @@ def test_gated_or_private_repository_says_how_to_authenticate(world, repo, words
     assert r['error_type'] == 'PretrainedWeightsError'
     for word in words:
         assert word in r['error']
-    assert r['seconds'] <= PROBE_BOUND  # a definite answer: no retries
+    assert r['fetch_seconds'] <= PROBE_BOUND  # a definite answer: no retries
     with_token = world.run[f'{case}-token']  # the same load once HF_TOKEN is set
     assert with_token['ok'] and with_token['digest'] == _digest(world.v1), with_token
     assert world.hub.downloads(repo, 'model.safetensors') == 1
@@ -406,7 +408,7 @@ def test_refused_connections_fail_clearly_and_fall_back_to_the_cache(world):
                                     f'127.0.0.1:{port}: nothing listens there. No cached copy. Ways round it: '
                                     f'download model.safetensors of org/cold ')
     assert 'HF_HUB_ETAG_TIMEOUT' not in cold['error']
-    assert cold['seconds'] <= PROBE_BOUND
+    assert cold['fetch_seconds'] <= PROBE_BOUND
 
 
 def test_cut_transfer_errors_leaves_no_cache_entry_and_retry_succeeds(world):
@@ -449,7 +451,7 @@ def test_a_paddleclas_download_failure_names_tag_source_cause_and_ways_round(wor
         f"--model ghostnet_050` and load 'local-dir:OUT'; or pass cache_dir= (or set TORCH_HOME) to a copy of a cache "
         f"that holds it (this one: {world.home / 'torch' / 'hub' / 'checkpoints' / 'timm_ghost_paddle'})")
     assert 'raise HF_HUB' not in r['error']  # not a Hub: no Hub-timeout advice
-    assert r['seconds'] <= PROBE_BOUND
+    assert r['fetch_seconds'] <= PROBE_BOUND
 
 
 def test_a_safetensors_url_that_does_not_resolve_says_so_and_the_way_round(world):
