@@ -741,6 +741,8 @@ def client_main() -> None:
       pretrained_cfg, or ``error_type`` /
       ``error``, ``seconds`` (the whole action) and ``fetch_seconds`` (resolving the weights: what the timeouts bound).
     - ``{"cli": [args]}``: ``timm_ghost.cli.main(args)``; result ``ok`` (exit code 0), ``code`` and ``stdout``.
+    - ``{"smp": arch, "encoder": "tu-NAME", "kwargs": {...}}``: ``segmentation_models_pytorch.<arch>(...)``; result
+      ``digest`` of the encoder's state dict under timm's key names, its ``keys`` and ``hf_hub_id``.
     - ``{"env": {name: value or None}}``: set / unset environment variables read at call time (``HF_TOKEN``).
     - ``{"ready": path, "go": path}``: touch ``ready``, then wait (up to 120 s) for ``go`` to exist.
     - ``{"damage": path, "how": "truncate" | "edit"}``: cut the file to half its size, or invert its last 8 bytes.
@@ -787,6 +789,13 @@ def client_main() -> None:
                 with contextlib.redirect_stdout(out):
                     code = cli.main(action['cli'])
                 result.update(ok=code == 0, code=code, stdout=out.getvalue())
+            elif 'smp' in action:
+                import segmentation_models_pytorch as smp
+                model = getattr(smp, action['smp'])(action['encoder'], **action.get('kwargs', {}))
+                # the encoder's weights under timm's names (features_only flattens blocks.N to blocks_N)
+                state = {k.replace('blocks_', 'blocks.', 1): v for k, v in model.encoder.model.state_dict().items()}
+                result.update(ok=True, digest=state_digest(state), keys=sorted(state),
+                              hf_hub_id=model.encoder.model.pretrained_cfg.get('hf_hub_id'))
             elif 'env' in action:
                 for name, value in action['env'].items():
                     if value is None:

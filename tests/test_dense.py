@@ -106,6 +106,27 @@ def test_smp_encoder_weights_go_through_timms_pretrained_path(name, tmp_path):
     path.unlink()
 
 
+def test_smp_encoder_weights_come_from_the_hub_as_create_model_loads_them(tmp_path):
+    """``encoder_weights`` through the Hub route of the default tag (timm/ghostnet_100.in1k), served by the loopback
+    Hub to a fresh process, as a user's smp model would get them."""
+    from hub_server import HubServer, hub_env, run_client, state_digest
+    from safetensors.torch import save as save_safetensors
+
+    source = randomize_(timm.create_model('ghostnet_100'), seed=5).state_dict()
+    with HubServer() as hub:
+        hub.commit('timm/ghostnet_100.in1k', {'model.safetensors': save_safetensors(source)})
+        run = run_client([{'id': 'unet', 'smp': 'Unet', 'encoder': 'tu-ghostnet_100',
+                           'kwargs': {'encoder_weights': 'imagenet', 'feature_location': 'bottleneck', 'classes': 2}}],
+                         hub_env(hub.endpoint, tmp_path / 'home'), timeout=300)
+        assert hub.downloads('timm/ghostnet_100.in1k', 'model.safetensors') == 1
+    r = run['unet']
+    assert r['ok'], r
+    assert r['hf_hub_id'] == 'timm/ghostnet_100.in1k'
+    # the taps end at blocks.9 (the 960-channel conv): every weight but the head's
+    assert set(r['keys']) == {k for k in source if not k.startswith(('conv_head.', 'classifier.'))}
+    assert r['digest'] == state_digest({k: source[k] for k in r['keys']})
+
+
 def test_smp_meta_device_construction_works_without_warnings():
     with torch.device('meta'):
         meta = timm.create_model('ghostnet_100', features_only=True)  # smp's first try, to read feature_info
