@@ -300,6 +300,11 @@ def test_export_module_bad_arguments(tmp_path, dense_module):
         export_module(dense_module, tmp_path / 'out', 'onnx', input_size=(3, 64, 64), mean=(0.5,))
     with pytest.raises(ValueError, match=r'Pair: expected a module returning one tensor, got tuple'):
         export_module(Pair(), tmp_path / 'out', 'onnx', input_size=(3, 8, 8))
+    with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module \(e.g. timm.create_model\('ghostnet_100', "
+                                        r"pretrained=True\)\), got str 'ghostnet_050'"):
+        export_model('ghostnet_050', tmp_path / 'out', 'onnx')
+    with pytest.raises(TypeError, match=r'model: expected a torch.nn.Module .*, got NoneType None'):
+        export_module(None, tmp_path / 'out', 'onnx', input_size=(3, 8, 8))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -189,6 +189,7 @@ def export_model(
     ``ExportError`` when the export fails or does not verify; nothing is left in ``out`` then.
     Any other image module: :func:`export_module`.
     """
+    _check_module(model)
     require_runtime(format)
     data_config = _data_config(model, img_size)
     name = model_name or (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
@@ -231,12 +232,19 @@ def export_module(
     per pixel for a segmentation map). ``name``: recorded in ``export.json`` (default: the module's class name).
     Other arguments and errors as :func:`export_model`.
     """
+    _check_module(module)
     require_runtime(format)
     data_config = _data_config(module, input_size=input_size, mean=mean, std=std)
     return _export(
         module, out, format, precision, data_config, name=name or type(module).__name__, labels=False, calib=calib,
         calib_size=calib_size, holdout_size=holdout_size, min_agreement=min_agreement, fold=fold,
         max_batch=max_batch, force=force, weights_source=weights_source, verbose=verbose, log=log)
+
+
+def _check_module(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module (e.g. timm.create_model('ghostnet_100', pretrained=True)),"
+                        f' got {type(model).__name__} {model!r:.60}')
 
 
 def _export(
