@@ -430,6 +430,21 @@ def test_cli_missing_extra_names_it(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / 'out').exists()
 
 
+def test_executorch_on_a_torch_too_old_for_it_is_one_line(tmp_path, capsys, monkeypatch):
+    """executorch 1.5 on torch 2.6 (the core's floor) fails deep inside torch.export; the export says so first."""
+    _runtime('executorch')
+    monkeypatch.setattr(torch, '__version__', '2.6.0+cu124')
+    rc = cli_main(['export', 'ghostnet_050', str(tmp_path / 'out'), '--format', 'executorch'])
+    assert rc == 1
+    assert _one_line_error(capsys) == (
+        'timm-ghost export: error: --format executorch needs torch >= 2.14, this is torch 2.6.0+cu124: pip install '
+        '"torch>=2.14" (or pip install "timm-ghost[executorch]", which asks for it)')
+    assert not (tmp_path / 'out').exists()
+    monkeypatch.setattr(torch, '__version__', '2.14.1')
+    from timm_ghost.export.api import require_runtime
+    assert require_runtime('executorch').EXTRA == 'executorch'
+
+
 def test_cli_empty_calibration_folder(tmp_path, model, capsys):
     _runtime('onnx')
     from safetensors.torch import save_file

@@ -14,6 +14,9 @@ RUNTIME = 'executorch'
 EXTRA = 'executorch'
 PACKAGES = ('executorch',)
 PRECISIONS = ('fp32', 'int8')
+# the oldest torch ExecuTorch exports were verified on: executorch 1.5 calls torch APIs that torch 2.6 lacks
+# (torch.utils._pytree.register_constant), and only torch 2.14 was tested with it
+MIN_TORCH = (2, 14)
 QUANT_METHOD = 'PT2E with the XNNPACK quantizer: symmetric int8, per-channel weights'
 ARTIFACT = 'model.pte'
 

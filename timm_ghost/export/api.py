@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -59,6 +60,13 @@ def require_runtime(fmt: str) -> ModuleType:
     if missing:
         raise MissingDependencyError(
             f'--format {fmt} needs {", ".join(missing)} (not installed): pip install "timm-ghost[{rt.EXTRA}]"')
+    need = getattr(rt, 'MIN_TORCH', None)
+    have = tuple(int(part) for part in re.findall(r'\d+', torch.__version__.split('+')[0])[:2])
+    if need is not None and have < need:
+        wanted = '.'.join(map(str, need))
+        raise MissingDependencyError(
+            f'--format {fmt} needs torch >= {wanted}, this is torch {torch.__version__}: pip install "torch>={wanted}" '
+            f'(or pip install "timm-ghost[{rt.EXTRA}]", which asks for it)')
     return rt
 
 
