@@ -132,24 +132,6 @@ def test_original_authors_checkpoint_layout_loads(name, tmp_path):
         assert (model(X64) - reference(X64)).abs().max().item() <= 1e-5
 
 
-def _imports(module: str) -> set:
-    """The modules ``timm_ghost/<module>.py`` imports (relative ones as ``.name``) and the ``torch.ops`` it touches."""
-    tree = ast.parse((Path(timm_ghost.__file__).parent / f'{module}.py').read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = '.' * node.level + (node.module or '')
-            names.add(base)
-            if node.module is None:  # from . import name
-                names.update(f'.{alias.name}' for alias in node.names)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'torch':
-            if node.attr == 'ops':
-                names.add('torch.ops')
-    return names
-
-
 def test_layers_depend_one_way_and_private_names_go_through_compat():
     root = Path(timm_ghost.__file__).parent
 
