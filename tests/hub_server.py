@@ -712,6 +712,21 @@ def finish_client(proc: subprocess.Popen, timeout: float) -> ClientRun:
     return ClientRun(results, stderr, proc.returncode, err)
 
 
+def run_clients_together(action: Dict[str, Any], env: Dict[str, str], folder: os.PathLike, count: int = 4,
+                         timeout: float = 120) -> List[ClientRun]:
+    """Run ``action`` in ``count`` client processes that start it at the same moment: each touches
+    ``folder/ready<i>`` and waits for ``folder/go``, which is made once all are ready (or after 120 s)."""
+    folder = Path(folder)
+    go = folder / 'go'
+    procs = [start_client([{'id': 'wait', 'ready': str(folder / f'ready{i}'), 'go': str(go)}, action], env)
+             for i in range(count)]
+    deadline = time.time() + 120
+    while not all((folder / f'ready{i}').exists() for i in range(count)) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    return [finish_client(p, timeout=timeout) for p in procs]
+
+
 def run_client(actions: List[Dict[str, Any]], env: Dict[str, str], timeout: float = 90,
                unprivileged: bool = False) -> ClientRun:
     """Run ``client_main`` on ``actions`` in a fresh interpreter and collect its results."""

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import stat
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from hub_server import (
     finish_client,
     hub_env,
     run_client,
+    run_clients_together,
     start_client,
     state_digest,
 )
@@ -507,14 +507,7 @@ def test_four_processes_loading_a_safetensors_url_at_once_fetch_it_once(tmp_path
         url = f'{hub.endpoint}/org/shared/resolve/main/model.safetensors'
         load = {'id': 'load', 'model': 'ghostnet_100',
                 'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': dict(hf_hub_id=None, url=url)}}
-        go = tmp_path / 'go'
-        procs = [start_client([{'id': 'wait', 'ready': str(tmp_path / f'ready{i}'), 'go': str(go)}, load],
-                              _url_env(hub, tmp_path / 'home')) for i in range(4)]
-        deadline = time.time() + 120
-        while not all((tmp_path / f'ready{i}').exists() for i in range(4)) and time.time() < deadline:
-            time.sleep(0.05)
-        go.touch()
-        runs = [finish_client(p, timeout=120) for p in procs]
+        runs = run_clients_together(load, _url_env(hub, tmp_path / 'home'), tmp_path)
         assert {run['load'].get('digest') for run in runs} == {_digest(weights)}, [run['load'] for run in runs]
         assert hub.downloads('org/shared', 'model.safetensors') == 1
     root = tmp_path / 'home' / 'torch' / 'hub' / 'checkpoints' / 'timm_ghost'
@@ -646,15 +639,8 @@ def test_four_processes_loading_at_once_fetch_the_file_once(tmp_path):
         hub.slow_seconds = 3.0  # the transfer lasts long enough for every process to arrive while it runs
         hub.fault('timm/ghostnet_100.in1k', 'slow')
         env = hub_env(hub.endpoint, tmp_path / 'hf_home', timeout_s=10)
-        go = tmp_path / 'go'
-        procs = [start_client([{'id': 'wait', 'ready': str(tmp_path / f'ready{i}'), 'go': str(go)},
-                               {'id': 'load', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}}], env)
-                 for i in range(4)]
-        deadline = time.time() + 120
-        while not all((tmp_path / f'ready{i}').exists() for i in range(4)) and time.time() < deadline:
-            time.sleep(0.05)
-        go.touch()
-        runs = [finish_client(p, timeout=120) for p in procs]
+        runs = run_clients_together({'id': 'load', 'model': 'ghostnet_100', 'kwargs': {'pretrained': True}}, env,
+                                    tmp_path)
         digests = {run['load'].get('digest') for run in runs}
         assert digests == {_digest(weights)}, [run['load'] for run in runs]
         assert hub.downloads('timm/ghostnet_100.in1k', 'model.safetensors') == 1

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List
@@ -556,7 +555,7 @@ def test_a_damaged_cache_entry_is_fetched_again_and_offline_refused(oracles, ser
 
 
 def test_four_processes_loading_at_once_download_and_convert_once(oracles, tmp_path):
-    from hub_server import HubServer, finish_client, hub_env, start_client, state_digest
+    from hub_server import HubServer, hub_env, run_clients_together, state_digest
 
     oracle = oracles['ghostnet_100']
     filename = FILES['ghostnet_100']
@@ -566,16 +565,9 @@ def test_four_processes_loading_at_once_download_and_convert_once(oracles, tmp_p
         hub.fault('paddle/releases', 'slow')
         url = f'{hub.endpoint}/paddle/releases/resolve/main/{filename}'
         env = hub_env(hub.endpoint, tmp_path / 'home', timeout_s=10)
-        go = tmp_path / 'go'
-        procs = [start_client([{'id': 'wait', 'ready': str(tmp_path / f'ready{i}'), 'go': str(go)},
-                               {'id': 'load', 'model': 'ghostnet_100.paddle_in1k',
-                                'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': {'url': url}}}], env)
-                 for i in range(4)]
-        deadline = time.time() + 120
-        while not all((tmp_path / f'ready{i}').exists() for i in range(4)) and time.time() < deadline:
-            time.sleep(0.05)
-        go.touch()
-        runs = [finish_client(p, timeout=180) for p in procs]
+        runs = run_clients_together({'id': 'load', 'model': 'ghostnet_100.paddle_in1k',
+                                     'kwargs': {'pretrained': True, 'pretrained_cfg_overlay': {'url': url}}}, env,
+                                    tmp_path, timeout=180)
         loads = [run['load'] for run in runs]
         assert all(r['ok'] for r in loads), loads
         assert hub.downloads('paddle/releases', filename) == 1  # one download, so one conversion
