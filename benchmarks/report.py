@@ -2,10 +2,14 @@
 summary in README.md are this script's output.
 
     python benchmarks/report.py                                  # print the tables
-    python benchmarks/report.py --write docs/benchmarks.md --summary README.md --export-doc docs/export.md
+    python benchmarks/report.py --write docs/benchmarks.md --summary README.md --export-doc docs/export.md \
+        --peers-doc docs/benchmarks.md
 
 Markers: ``<!-- benchmark-tables:start -->`` / ``<!-- benchmark-tables:end -->`` for the tables,
-``<!-- benchmark-summary:start -->`` / ``<!-- benchmark-summary:end -->`` for the summary.
+``<!-- benchmark-summary:start -->`` / ``<!-- benchmark-summary:end -->`` for the summary; from bench_peers.py's
+``results/peers.json``, ``<!-- peers-tables:start -->`` / ``<!-- peers-tables:end -->`` for its tables and
+``<!-- peers-summary:start -->`` / ``<!-- peers-summary:end -->`` for the README's one line (written with --summary
+where the file has these markers).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ START, END = '<!-- benchmark-tables:start -->', '<!-- benchmark-tables:end -->'
 MARKERS = (START, END)
 SUMMARY_MARKERS = ('<!-- benchmark-summary:start -->', '<!-- benchmark-summary:end -->')
 EXPORT_MARKERS = ('<!-- export-tables:start -->', '<!-- export-tables:end -->')
+PEERS_MARKERS = ('<!-- peers-tables:start -->', '<!-- peers-tables:end -->')
+PEERS_SUMMARY_MARKERS = ('<!-- peers-summary:start -->', '<!-- peers-summary:end -->')
 
 
 def load(path: Path, kind: str) -> Dict[str, Any]:
@@ -164,6 +170,87 @@ def export_tables(speed: Dict[str, Any], digits: Optional[Dict[str, Any]]) -> st
     return '\n'.join(lines) + '\n'
 
 
+def _cell(value: Optional[float], fmt: str = '.1f') -> str:
+    return '-' if value is None else format(value, fmt)
+
+
+def peers_goal_lines(summary: Dict[str, Any], labels: Dict[str, str]) -> List[str]:
+    """bench_peers.py's goals, one line each: the ratio measured in the run and whether it is met."""
+    lines = []
+    for key in ('export_vs_baseline', 'ghostnet_100_vs_mobilenetv3_large_100', 'int8_vs_fp32'):
+        for g in summary[key]:
+            state = 'not measured' if g['met'] is None else 'met' if g['met'] else 'missed'
+            ratio = '-' if g['ratio'] is None else f'{g["ratio"]:.2f}x'
+            lines.append(f'{g["goal"]}: {ratio} ({state})')
+    for g in summary['fastest_at_79']:
+        where = f'{labels[g["format"]]} {g["precision"]} batch {g["batch"]}'
+        if g['fastest'] is None:
+            lines.append(f'{where}: no model at >= {g["min_top1"]:g} % top-1 in this run (not measured)')
+            continue
+        margin = f', {g["margin"]:.2f}x the next, {g["next"]}' if g['next'] else ', the only one at this level'
+        lines.append(f'{where}: fastest at >= {g["min_top1"]:g} % top-1 is {g["fastest"]} ({g["img_per_s"]:.1f} '
+                     f'img/s{margin}) (goal {g["target"]}: {"met" if g["met"] else "missed"})')
+    return lines
+
+
+def peers_tables(data: Dict[str, Any]) -> str:
+    """The peers tables (bench_peers.py): per runtime, images/s of every model at each precision and batch, sorted
+    by published top-1; then the goals and the top-1 sources."""
+    m, v, s = data['machine'], data['versions'], data['settings']
+    labels, models = s['format_labels'], data['models']
+    short = ' **(short smoke run: not a measurement)**' if data.get('short') else ''
+    flags = ', '.join(k for k, on in m['flags'].items() if on) or 'none of avx2/avx512/amx'
+    lines = [
+        f'{s["img_size"]} px, {s["threads"]} threads on {m["cpu_model"]} ({m["physical_cores"]} cores, {flags}); '
+        f'torch {v["torch"]}, timm {v["timm"]}, onnxruntime {v.get("onnxruntime", "-")}, openvino '
+        f'{v.get("openvino", "-")}, executorch {v.get("executorch", "-")}; {data["created"][:10]}, 1-min load average '
+        f'{m["loadavg_at_start"][0]:g} -> {m.get("loadavg_at_end", ["?"])[0]}{short}. Images/s (batch / median call, '
+        f'all models of a column timed in interleaved rounds); random weights (the speed does not depend on them); '
+        f'top-1: the publisher\'s ImageNet-1k figure at 224 px (sources below); int8: each runtime\'s own quantizer, '
+        f'calibrated on {s["calib_size"]} digits images. MACs per image at {s["img_size"]} px.',
+    ]
+    results = data['results']
+    for fmt in dict.fromkeys(r['format'] for r in results):
+        rs = [r for r in results if r['format'] == fmt]
+        cols = [(p, b) for p in ('fp32', 'int8') for b in s['batch_sizes']
+                if any(r['precision'] == p and r['batch'] == b for r in rs)]
+        speed = {(r['key'], r['precision'], r['batch']): r['img_per_s'] for r in rs}
+        rows = sorted({r['key']: r for r in rs}.values(), key=lambda r: (r['top1'], r['route'] == 'baseline'))
+        lines += ['', f'{labels[fmt]}, images/s:', '',
+                  '| model | top-1 | MACs | ' + ' | '.join(f'{p} b{b}' for p, b in cols) + ' |',
+                  '|---|---:|---:|' + '---:|' * len(cols)]
+        for r in rows:
+            macs = models[r['model']]['macs']
+            cells = ' | '.join(_cell(speed.get((r['key'], p, b))) for p, b in cols)
+            lines.append(f'| {r["label"]} | {r["top1"]:.1f} | {macs / 1e6:.0f} M | {cells} |')
+    lines += ['', 'Goals, each a ratio measured in this run:', '']
+    lines += [f'- {line}' for line in peers_goal_lines(data['summary'], labels)]
+    lines += ['', 'Top-1 sources:', '']
+    for name, info in models.items():
+        note = f' ({info["note"]})' if info.get('note') else ''
+        lines.append(f'- {name}.{info["tag"]}: {info["top1"]:g}, {info["source"]}{note}')
+    return '\n'.join(lines) + '\n'
+
+
+def peers_summary(data: Dict[str, Any]) -> str:
+    """The README's one line from bench_peers.py: the models on the Pareto front (fastest for their top-1) in the
+    first runtime measured (ONNX Runtime unless skipped), fp32, at the smallest batch."""
+    s, m = data['settings'], data['machine']
+    fmt = next(f for f in ('onnx', 'openvino', 'executorch') if any(r['format'] == f for r in data['results']))
+    batch = min(s['batch_sizes'])
+    rs = [r for r in data['results'] if (r['format'], r['precision'], r['batch']) == (fmt, 'fp32', batch)]
+    front = sorted((r for r in rs if r['on_front']), key=lambda r: -r['top1'])
+    ghosts = [r['model'] for r in rs if r['route'] == 'export' and r['model'].startswith('ghostnet_')
+              and not r['on_front']]
+    short = '; short smoke run: not a measurement' if data.get('short') else ''
+    off = f'; not on it: {", ".join(ghosts)}' if ghosts else ''
+    return (f'Fastest for its published ImageNet top-1 on {m["cpu_model"]}, {s["threads"]} threads, '
+            f'{s["format_labels"][fmt]} fp32, batch {batch}, {s["img_size"]} px ({data["created"][:10]}, '
+            f'benchmarks/bench_peers.py{short}): '
+            + ', '.join(f'{r["model"]} ({r["top1"]:.1f} %, {r["img_per_s"]:.0f} img/s)' for r in front)
+            + f'{off}.\n')
+
+
 def write_between_markers(path: Path, text: str, markers: Tuple[str, str] = MARKERS) -> None:
     """Replace what lies between the two ``markers`` lines of ``path`` with ``text`` (atomically, mode kept)."""
     start, end = markers
@@ -186,15 +273,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--export-doc', type=Path,
                    help=f'Markdown file whose {EXPORT_MARKERS[0]} ... {EXPORT_MARKERS[1]} section gets the export '
                         'tables (from results/export.json and results/export_digits.json)')
+    p.add_argument('--peers', type=Path, default=RESULTS / 'peers.json',
+                   help='bench_peers.py\'s JSON (default results/peers.json); with --summary, its one line goes '
+                        f'between {PEERS_SUMMARY_MARKERS[0]} ... {PEERS_SUMMARY_MARKERS[1]} where the file has them')
+    p.add_argument('--peers-doc', type=Path,
+                   help=f'Markdown file whose {PEERS_MARKERS[0]} ... {PEERS_MARKERS[1]} section gets the peers tables')
     args = p.parse_args(argv)
     try:
         inference, train = load(args.inference, 'inference'), load(args.train, 'train')
         export = load(RESULTS / 'export.json', 'export') if (RESULTS / 'export.json').exists() else None
+        peers = load(args.peers, 'peers') if args.peers.exists() else None
         text = render(inference, train)
         if args.write:
             write_between_markers(args.write, text)
         if args.summary:
             write_between_markers(args.summary, summary(inference, train, export), SUMMARY_MARKERS)
+            if peers is not None:
+                if PEERS_SUMMARY_MARKERS[0] in args.summary.read_text():
+                    write_between_markers(args.summary, peers_summary(peers), PEERS_SUMMARY_MARKERS)
+                else:
+                    print(f'report.py: {args.summary} has no {PEERS_SUMMARY_MARKERS[0]} line: the peers summary is '
+                          'not written', file=sys.stderr)
         if args.export_doc:
             if export is None:
                 raise FileNotFoundError(f'{RESULTS / "export.json"}: no such benchmark result (run '
@@ -203,6 +302,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             export_text = export_tables(export, load(digits, 'export_digits') if digits.exists() else None)
             write_between_markers(args.export_doc, export_text, EXPORT_MARKERS)
             text += '\n' + export_text
+        if args.peers_doc:
+            if peers is None:
+                raise FileNotFoundError(f'{args.peers}: no such benchmark result (run benchmarks/bench_peers.py first)')
+            peers_text = peers_tables(peers)
+            write_between_markers(args.peers_doc, peers_text, PEERS_MARKERS)
+            text += '\n' + peers_text
     except (OSError, ValueError) as e:
         print(f'report.py: error: {e}', file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@ Nothing about speed is asserted (timings on a shared CI machine mean nothing).""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,145 @@ def test_committed_tables_are_report_py_output_of_the_committed_json():
     assert _between(root / 'README.md', report.SUMMARY_MARKERS) == report.summary(inference, train, export)
     assert _between(root / 'docs' / 'benchmarks.md', report.MARKERS) == report.render(inference, train)
     assert _between(root / 'docs' / 'export.md', report.EXPORT_MARKERS) == report.export_tables(export, digits)
+    # bench_peers.py's tables and README line, once its full run is committed and the docs carry the markers
+    if (results / 'peers.json').exists():
+        peers = report.load(results / 'peers.json', 'peers')
+        assert not peers['short'], 'results/peers.json is a --short smoke run'
+        for path, markers, text in ((root / 'docs' / 'benchmarks.md', report.PEERS_MARKERS, report.peers_tables),
+                                    (root / 'README.md', report.PEERS_SUMMARY_MARKERS, report.peers_summary)):
+            if markers[0] in path.read_text():
+                assert _between(path, markers) == text(peers), path
+
+
+@pytest.fixture(scope='module')
+def peers(tmp_path_factory):
+    out = tmp_path_factory.mktemp('peers')
+    res = _run('bench_peers.py', '--short', '--threads', '1', '--out', str(out / 'peers.json'))
+    assert res.returncode == 0, res.stderr[-3000:]
+    yield out, res.stdout
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_peers_short_run_writes_every_row_and_the_goals(peers):
+    out, stdout = peers
+    data = json.loads((out / 'peers.json').read_text())
+    _check_common(data, 'peers')
+    s = data['settings']
+    assert (s['img_size'], s['batch_sizes'], s['formats'], s['precisions']) == (64, [1], ['onnx'], ['fp32', 'int8'])
+    keys = ['ghostnet_100', 'mobilenetv3_small_100', 'ghostnet_100_baseline']
+    rows = {(r['precision'], r['key']): r for r in data['results']}
+    assert sorted(rows) == sorted((p, k) for p in ('fp32', 'int8') for k in keys)
+    for r in rows.values():
+        assert r['format'] == 'onnx' and r['batch'] == 1 and r['img_per_s'] > 0 and 0 < r['p50_ms'] <= r['p90_ms']
+        assert r['img_per_s'] == pytest.approx(1e3 / r['p50_ms'], rel=0.01)
+        assert r['on_front'] is (r['route'] == 'export' and r['key'] in _front(data, r['precision']))
+    assert rows['fp32', 'ghostnet_100_baseline']['route'] == 'baseline'
+    assert rows['fp32', 'ghostnet_100']['top1'] == 73.958 and rows['fp32', 'mobilenetv3_small_100']['top1'] == 67.636
+    # MACs and parameters counted on each model at the run's size
+    info = data['models']
+    assert info['ghostnet_100']['macs'] == 15_203_072 and info['ghostnet_100']['params'] == 5_182_508
+    small = timm.create_model('mobilenetv3_small_100')
+    assert info['mobilenetv3_small_100']['macs'] == count_macs(small, 64)
+    assert info['mobilenetv3_small_100']['params'] == sum(p.numel() for p in small.parameters())
+    # every export verified: fp32 to 1e-4 (the baseline too), int8 with its held-out agreement recorded
+    exports = data['exports']
+    assert sorted(exports) == sorted(f'onnx_{p}_{k}' for p in ('fp32', 'int8') for k in keys)
+    for key, e in exports.items():
+        v = e['verification']
+        if e['precision'] == 'fp32':
+            assert max(v['max_abs_diff'].values()) <= 1e-4 and v['passed'] is True, key
+        else:
+            assert v['heldout_images'] == 32 and 0 <= v['heldout_top1_agreement'] <= 1, key
+        assert e['export_s'] > 0
+    # the goals: ratios of the rows above; what this run did not measure is None, not a guess
+    g = data['summary']
+    speed = {k: r['img_per_s'] for k, r in rows.items()}
+    onnx_vs_base, ov_vs_base = g['export_vs_baseline']
+    base = speed['fp32', 'ghostnet_100_baseline']
+    assert onnx_vs_base['ratio'] == pytest.approx(speed['fp32', 'ghostnet_100'] / base, abs=1e-3)
+    assert onnx_vs_base['met'] == (onnx_vs_base['ratio'] >= 1.3)
+    assert ov_vs_base['ratio'] is None and ov_vs_base['met'] is None
+    assert [x['met'] for x in g['ghostnet_100_vs_mobilenetv3_large_100']] == [None, None]
+    (int8,) = g['int8_vs_fp32']
+    assert int8['ratio'] == pytest.approx(speed['int8', 'ghostnet_100'] / speed['fp32', 'ghostnet_100'], abs=1e-3)
+    assert [(x['precision'], x['fastest'], x['met']) for x in g['fastest_at_79']] == [('fp32', None, None),
+                                                                                     ('int8', None, None)]
+    assert 'summary: ghostnet_100 int8 / fp32, ONNX Runtime batch 1 >= 1.5: ' in stdout
+    _check_png(out / 'peers_onnx.png')
+    assert not (out / 'peers.png').exists()
+
+
+def _front(data: dict, precision: str) -> set:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_peers import pareto_front
+    finally:
+        sys.path.remove(str(BENCH))
+    rs = [r for r in data['results'] if r['precision'] == precision and r['route'] == 'export']
+    return set(pareto_front([(r['key'], r['img_per_s'], r['top1']) for r in rs]))
+
+
+def test_pareto_front_keeps_the_models_nothing_beats():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_peers import pareto_front
+    finally:
+        sys.path.remove(str(BENCH))
+    points = [
+        ('a', 100.0, 70.0),   # on: only c is more accurate, and c is slower
+        ('b', 200.0, 68.0),   # on: the fastest
+        ('c', 50.0, 80.0),    # on: the most accurate
+        ('d', 90.0, 69.0),    # off: a is faster and more accurate
+        ('e', 200.0, 67.0),   # off: b is as fast and more accurate
+        ('f', 60.0, 70.0),    # off: a is faster and as accurate
+        ('g', 300.0, 50.0),   # on: fastest of all
+    ]
+    assert pareto_front(points) == ['a', 'b', 'c', 'g']
+    assert pareto_front([('x', 1.0, 1.0), ('y', 1.0, 1.0)]) == ['x', 'y']  # an exact tie keeps both
+    assert pareto_front([]) == []
+
+
+def test_report_renders_the_peers_tables_and_readme_line(peers, tmp_path):
+    out, _ = peers
+    data = json.loads((out / 'peers.json').read_text())
+    doc = tmp_path / 'benchmarks.md'
+    doc.write_text('# b\n<!-- peers-tables:start -->\nstale\n<!-- peers-tables:end -->\nafter\n')
+    readme = tmp_path / 'README.md'
+    readme.write_text('x\n<!-- benchmark-summary:start -->\n<!-- benchmark-summary:end -->\n'
+                      '<!-- peers-summary:start -->\n<!-- peers-summary:end -->\ny\n')
+    res = _run('report.py', '--peers', str(out / 'peers.json'), '--peers-doc', str(doc), '--summary', str(readme))
+    assert res.returncode == 0, res.stderr
+    tables = doc.read_text().split('<!-- peers-tables:start -->\n')[1].split('<!-- peers-tables:end -->')[0]
+    assert 'stale' not in tables and tables in res.stdout and 'short smoke run' in tables
+    assert '| model | top-1 | MACs | fp32 b1 | int8 b1 |' in tables
+    rows = {r['key']: r for r in data['results'] if r['precision'] == 'fp32'}
+    speed = {r['key']: r['img_per_s'] for r in data['results'] if r['precision'] == 'int8'}
+    # sorted by top-1, the baseline after the model it exports; every cell the JSON's figure
+    assert [line.split(' | ')[0] for line in tables.splitlines() if line.startswith('| ') and 'M |' in line] == [
+        '| mobilenetv3_small_100 (lamb_in1k)', '| ghostnet_100 (in1k)', "| ghostnet_100, timm's legacy ONNX export"]
+    for key, r in rows.items():
+        assert f'| {r["top1"]:.1f} | {data["models"][r["model"]]["macs"] / 1e6:.0f} M | {r["img_per_s"]:.1f} ' \
+               f'| {speed[key]:.1f} |' in tables, key
+    ratio = data['summary']['int8_vs_fp32'][0]['ratio']
+    assert f'- ghostnet_100 int8 / fp32, ONNX Runtime batch 1 >= 1.5: {ratio:.2f}x (' in tables
+    assert '- ONNX Runtime fp32 batch 1: no model at >= 79 % top-1 in this run (not measured)' in tables
+    assert '- mobilenetv3_small_100.lamb_in1k: 67.636, timm\'s results/results-imagenet.csv' in tables
+    line = readme.read_text().split('<!-- peers-summary:start -->\n')[1].split('<!-- peers-summary:end -->')[0]
+    assert line.count('\n') == 1 and 'ONNX Runtime fp32, batch 1, 64 px' in line
+    front = sorted((r for r in rows.values() if r['on_front']), key=lambda r: -r['top1'])
+    assert ', '.join(f'{r["model"]} ({r["top1"]:.1f} %, {r["img_per_s"]:.0f} img/s)' for r in front) in line
+    # a README without the peers markers keeps its benchmark summary and is told why the line is missing
+    plain = tmp_path / 'PLAIN.md'
+    plain.write_text('x\n<!-- benchmark-summary:start -->\n<!-- benchmark-summary:end -->\n')
+    res = _run('report.py', '--peers', str(out / 'peers.json'), '--summary', str(plain))
+    assert res.returncode == 0 and f'{plain} has no <!-- peers-summary:start --> line' in res.stderr
+    res = _run('report.py', '--peers', str(tmp_path / 'none.json'), '--peers-doc', str(doc))
+    assert res.returncode == 1 and f'{tmp_path / "none.json"}: no such benchmark result' in res.stderr
+
+
+@pytest.mark.parametrize('option, value', [('--models', 'ghostnet_200'), ('--formats', 'tflite'),
+                                           ('--precisions', 'bf16'), ('--models', '')])
+def test_bad_peers_arguments_are_refused_with_the_option_named(option, value):
+    res = _run('bench_peers.py', option, value)
+    what = f'unknown {value!r}' if value else 'empty'
+    assert res.returncode == 2 and f'{option}: {what}; expected a comma-separated subset of ' in res.stderr
