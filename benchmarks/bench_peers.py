@@ -98,6 +98,10 @@ TOP1_GOAL = 79.0  # goal (d): the fastest model at this published top-1 or above
 FP32_ATOL = 1e-4
 
 
+class BaselineError(RuntimeError):
+    """The baseline's export does not match its PyTorch model."""
+
+
 def pareto_front(points: Sequence[Tuple[str, float, float]]) -> List[str]:
     """The names in ``points`` (``(name, images/s, top-1)``) on the Pareto front, in the order given: no other point
     is faster and at least as accurate (nor as fast and more accurate, which settles an exact tie in speed)."""
@@ -201,7 +205,7 @@ def build_baseline(deploy: torch.nn.Module, fmt: str, precision: str, out: Path,
                                  'tolerance': FP32_ATOL,
                                  'passed': max(diffs.values()) <= FP32_ATOL})
             if not verification['passed']:
-                raise RuntimeError(f'baseline {fmt} {precision}: max |logit diff| {max(diffs.values()):.3g} > '
+                raise BaselineError(f'baseline {fmt} {precision}: max |logit diff| {max(diffs.values()):.3g} > '
                                    f'{FP32_ATOL} against the PyTorch model')
         else:
             agree = sum(int((torch.from_numpy(np.asarray(run(x.numpy()))).argmax(1) == deploy(x).argmax(1)).sum())
@@ -237,33 +241,42 @@ def available_formats(formats: Sequence[str], log: Callable[[str], None]) -> Lis
 
 def run_group(fmt: str, precision: str, rows: List[Dict[str, Any]], models: Dict[str, torch.nn.Module],
               calib: Optional[Path], workdir: Path, args: argparse.Namespace, log: Callable[[str], None],
-              exports: Dict[str, Any], results: List[Dict[str, Any]], profiles: Dict[str, Any]) -> None:
-    """Export every row in ``fmt`` / ``precision``, then time them all, interleaved, at each batch size."""
+              exports: Dict[str, Any], results: List[Dict[str, Any]], profiles: Dict[str, Any],
+              failures: List[Dict[str, Any]]) -> None:
+    """Export every row in ``fmt`` / ``precision``, then time them all, interleaved, at each batch size. A row whose
+    export fails is recorded in ``failures`` and left out of the timing."""
     from timm.utils import reparameterize_model
 
+    from timm_ghost.errors import ExportError
     from timm_ghost.export import export_model, load_export, runtime_for
 
     fns: Dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     dirs: Dict[str, Path] = {}
+    rows = [r for r in rows if r['route'] == 'export' or precision in BASELINE_FORMATS.get(fmt, ())]
+    log(f'{FORMAT_LABELS[fmt]} {precision}: exporting {len(rows)} rows ...')
     for row in rows:
         key, name = row['key'], row['model']
-        if row['route'] == 'baseline' and precision not in BASELINE_FORMATS.get(fmt, ()):
-            continue
         out = workdir / f'{fmt}_{precision}_{key}'
         start = time.time()
-        if row['route'] == 'baseline':
-            built = build_baseline(reparameterize_model(models[name]), fmt, precision, out, calib, args)
-            fns[key], dirs[key], verification = built['fn'], out, built['verification']
-            runtime = {'name': runtime_for(fmt).RUNTIME, 'version': runtime_for(fmt).version()}
-        else:
-            ghost = name in GHOSTNETS
-            model = models[name] if ghost else reparameterize_model(models[name])
-            result = export_model(
-                model, out, fmt, precision, calib=calib if precision == 'int8' else None, calib_size=args.calib_size,
-                holdout_size=args.holdout_size, min_agreement=0.0, img_size=args.img_size, fold=ghost,
-                max_batch=max(max(args.batch_sizes), 3))
-            fns[key], dirs[key] = load_export(out, threads=args.threads), out
-            verification, runtime = result.metadata['verification'], result.metadata['runtime']
+        try:
+            if row['route'] == 'baseline':
+                built = build_baseline(reparameterize_model(models[name]), fmt, precision, out, calib, args)
+                fns[key], dirs[key], verification = built['fn'], out, built['verification']
+                runtime = {'name': runtime_for(fmt).RUNTIME, 'version': runtime_for(fmt).version()}
+            else:
+                ghost = name in GHOSTNETS
+                model = models[name] if ghost else reparameterize_model(models[name])
+                result = export_model(
+                    model, out, fmt, precision, calib=calib if precision == 'int8' else None,
+                    calib_size=args.calib_size, holdout_size=args.holdout_size, min_agreement=0.0,
+                    img_size=args.img_size, fold=ghost, max_batch=max(max(args.batch_sizes), 3))
+                fns[key], dirs[key] = load_export(out, threads=args.threads), out
+                verification, runtime = result.metadata['verification'], result.metadata['runtime']
+        except (ExportError, BaselineError) as e:  # one model failing leaves the rest of a long run standing
+            failures.append({'format': fmt, 'precision': precision, 'key': key, 'error': str(e)})
+            log(f'FAILED {FORMAT_LABELS[fmt]} {precision} {row["label"]}: {e}')
+            shutil.rmtree(out, ignore_errors=True)
+            continue
         export_s = round(time.time() - start, 1)
         exports[f'{fmt}_{precision}_{key}'] = {
             'format': fmt, 'precision': precision, 'key': key, 'export_s': export_s, 'runtime': runtime,
@@ -418,10 +431,11 @@ def _names(text: str, option: str, allowed: Sequence[str]) -> List[str]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--short', action='store_true',
-                   help=f'smoke run: {", ".join(SHORT_MODELS)}; ONNX Runtime; 64 px, batch 1, one short round')
+                   help=f'smoke run: {", ".join(SHORT_MODELS)}; 64 px, batch 1, one short round')
     p.add_argument('--models', default=','.join((*MODELS, BASELINE)),
                    help=f'comma-separated subset of {",".join((*MODELS, BASELINE))} (default: all)')
-    p.add_argument('--formats', default=','.join(FORMATS), help=f'subset of {",".join(FORMATS)} (default: all)')
+    p.add_argument('--formats', default=None,
+                   help=f'subset of {",".join(FORMATS)} (default: all; onnx with --short)')
     p.add_argument('--precisions', default=','.join(PRECISIONS), help='subset of fp32,int8 (default: both)')
     p.add_argument('--batch-sizes', default='1,32')
     p.add_argument('--img-size', type=int, default=224)
@@ -439,12 +453,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     try:
         args.batch_sizes = parse_int_list(args.batch_sizes, '--batch-sizes')
         args.models = _names(args.models, '--models', (*MODELS, BASELINE))
-        args.formats = _names(args.formats, '--formats', FORMATS)
+        args.formats = _names(args.formats or ','.join(('onnx',) if args.short else FORMATS), '--formats', FORMATS)
         args.precisions = _names(args.precisions, '--precisions', PRECISIONS)
     except ValueError as e:
         p.error(str(e))
     if args.short:
-        args.models, args.formats, args.img_size, args.batch_sizes = list(SHORT_MODELS), ['onnx'], 64, [1]
+        args.models, args.img_size, args.batch_sizes = list(SHORT_MODELS), 64, [1]
         args.rounds, args.round_s, args.warmup, args.calib_size = 1, 0.05, 1, min(args.calib_size, 16)
         args.holdout_size = min(args.holdout_size, 32)
     return args
@@ -476,6 +490,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     exports: Dict[str, Any] = {}
     results: List[Dict[str, Any]] = []
     profiles: Dict[str, Any] = {}
+    failures: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix='bench-peers-') as tmp:
         calib = None
         if 'int8' in args.precisions and formats:
@@ -483,8 +498,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             calib = write_digits_imagefolder(Path(tmp) / 'digits', img_size=args.img_size).root / 'train'
         for fmt in formats:
             for precision in args.precisions:
-                log(f'{FORMAT_LABELS[fmt]} {precision}: exporting {len(rows)} rows ...')
-                run_group(fmt, precision, rows, models, calib, Path(tmp), args, log, exports, results, profiles)
+                run_group(fmt, precision, rows, models, calib, Path(tmp), args, log, exports, results, profiles,
+                          failures)
     summary = summarize(results)
     data = {
         'kind': 'peers', 'schema': 1, 'created': now_iso(), 'short': args.short,
@@ -509,6 +524,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         },
         'models': info,
         'exports': exports,
+        'failures': failures,
         'results': results,
         'summary': summary,
         'profiles': profiles,

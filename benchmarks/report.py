@@ -223,6 +223,9 @@ def peers_tables(data: Dict[str, Any]) -> str:
             macs = models[r['model']]['macs']
             cells = ' | '.join(_cell(speed.get((r['key'], p, b))) for p, b in cols)
             lines.append(f'| {r["label"]} | {r["top1"]:.1f} | {macs / 1e6:.0f} M | {cells} |')
+    if data.get('failures'):
+        lines += ['', 'Exports that failed (left out of the tables above):', '']
+        lines += [f'- {labels[f["format"]]} {f["precision"]} {f["key"]}: {f["error"]}' for f in data['failures']]
     lines += ['', 'Goals, each a ratio measured in this run:', '']
     lines += [f'- {line}' for line in peers_goal_lines(data['summary'], labels)]
     lines += ['', 'Top-1 sources:', '']

@@ -265,6 +265,38 @@ def test_pareto_front_keeps_the_models_nothing_beats():
     assert pareto_front([]) == []
 
 
+def test_peers_goals_are_ratios_of_the_rows_they_name():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_peers import summarize
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def row(key, batch, speed, top1, precision='fp32', fmt='onnx'):
+        return {'key': key, 'model': key.replace('_baseline', ''), 'route': 'baseline' if 'baseline' in key else
+                'export', 'format': fmt, 'precision': precision, 'batch': batch, 'img_per_s': speed, 'top1': top1}
+
+    results = [
+        row('ghostnet_100', 1, 260.0, 73.958), row('ghostnet_100_baseline', 1, 200.0, 73.958),
+        row('mobilenetv3_large_100', 1, 260.0, 75.784), row('ghostnet_100', 1, 400.0, 73.958, 'int8'),
+        row('ghostnet_130', 1, 150.0, 79.4), row('mobilenetv4_conv_medium', 1, 100.0, 79.092),
+        row('efficientnet_b0', 1, 500.0, 77.698),  # faster, but below 79 %
+        row('ghostnet_130', 32, 150.0, 79.4), row('mobilenetv4_conv_medium', 32, 200.0, 79.092),
+        row('ghostnet_130', 1, 150.0, 79.4, fmt='openvino'),
+    ]
+    g = summarize(results)
+    onnx, ov = g['export_vs_baseline']
+    assert (onnx['ratio'], onnx['met'], ov['ratio'], ov['met']) == (1.3, True, None, None)
+    assert [(x['ratio'], x['met']) for x in g['ghostnet_100_vs_mobilenetv3_large_100']] == [(1.0, False), (None, None)]
+    assert [(x['ratio'], x['met']) for x in g['int8_vs_fp32']] == [(round(400 / 260, 3), True)]
+    assert [(x['format'], x['precision'], x['batch'], x['fastest'], x['next'], x['margin'], x['met'])
+            for x in g['fastest_at_79']] == [
+        ('onnx', 'fp32', 1, 'ghostnet_130', 'mobilenetv4_conv_medium', 1.5, True),
+        ('onnx', 'fp32', 32, 'mobilenetv4_conv_medium', 'ghostnet_130', round(200 / 150, 3), False),
+        ('onnx', 'int8', 1, None, None, None, None),  # measured, but no model at 79 % in it
+        ('openvino', 'fp32', 1, 'ghostnet_130', None, None, True)]
+
+
 def test_report_renders_the_peers_tables_and_readme_line(peers, tmp_path):
     out, _ = peers
     data = json.loads((out / 'peers.json').read_text())
