@@ -188,8 +188,9 @@ def peers_goal_lines(summary: Dict[str, Any], labels: Dict[str, str]) -> List[st
             lines.append(f'{where}: no model at >= {g["min_top1"]:g} % top-1 in this run (not measured)')
             continue
         margin = f', {g["margin"]:.2f}x the next, {g["next"]}' if g['next'] else ', the only one at this level'
+        state = 'not measured' if g['met'] is None else 'met' if g['met'] else 'missed'
         lines.append(f'{where}: fastest at >= {g["min_top1"]:g} % top-1 is {g["fastest"]} ({g["img_per_s"]:.1f} '
-                     f'img/s{margin}) (goal {g["target"]}: {"met" if g["met"] else "missed"})')
+                     f'img/s{margin}) (goal {g["target"]}: {state})')
     return lines
 
 

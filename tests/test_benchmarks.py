@@ -283,6 +283,7 @@ def test_peers_goals_are_ratios_of_the_rows_they_name():
         row('efficientnet_b0', 1, 500.0, 77.698),  # faster, but below 79 %
         row('ghostnet_130', 32, 150.0, 79.4), row('mobilenetv4_conv_medium', 32, 200.0, 79.092),
         row('ghostnet_130', 1, 150.0, 79.4, fmt='openvino'),
+        row('mobilenetv4_conv_medium', 1, 120.0, 79.092, 'int8', 'openvino'),  # ghostnet_130 not measured here
     ]
     g = summarize(results)
     onnx, ov = g['export_vs_baseline']
@@ -294,7 +295,8 @@ def test_peers_goals_are_ratios_of_the_rows_they_name():
         ('onnx', 'fp32', 1, 'ghostnet_130', 'mobilenetv4_conv_medium', 1.5, True),
         ('onnx', 'fp32', 32, 'mobilenetv4_conv_medium', 'ghostnet_130', round(200 / 150, 3), False),
         ('onnx', 'int8', 1, None, None, None, None),  # measured, but no model at 79 % in it
-        ('openvino', 'fp32', 1, 'ghostnet_130', None, None, True)]
+        ('openvino', 'fp32', 1, 'ghostnet_130', None, None, True),
+        ('openvino', 'int8', 1, 'mobilenetv4_conv_medium', None, None, None)]
 
 
 def test_report_renders_the_peers_tables_and_readme_line(peers, tmp_path):
