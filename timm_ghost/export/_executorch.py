@@ -83,8 +83,10 @@ def set_threads(threads: int) -> None:
         _threads = threads
 
 
-def load(out: Path, precision: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running ``out/model.pte`` on an NCHW float32 array with ExecuTorch's runtime."""
+def load(out: Path, precision: str, threads: Optional[int] = None, spin: bool = True,
+         ) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running ``out/model.pte`` on an NCHW float32 array with ExecuTorch's runtime. ``spin`` is ONNX
+    Runtime's setting; ExecuTorch's threadpool is shared by the process (:func:`set_threads`)."""
     from executorch.runtime import Runtime
 
     if threads:

@@ -3,7 +3,7 @@ static quantizer (QDQ format, per-channel weights)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ PACKAGES = ('onnx', 'onnxscript', 'onnxruntime')
 PRECISIONS = ('fp32', 'int8')
 QUANT_METHOD = 'onnxruntime.quantization.quantize_static: QDQ, MinMax, uint8 activations, int8 per-channel weights'
 ARTIFACT = 'model.onnx'
+# a GhostNet classifier's feature maps padded to multiples of this many channels (ONNX Runtime's NCHWc block with
+# AVX-512; timm_ghost.export.form.pad_channels says why)
+PAD_CHANNELS = 16
 
 
 def version() -> str:
@@ -61,16 +64,30 @@ def build(model: nn.Module, example: torch.Tensor, out: Path, work: Path, precis
     return [ARTIFACT]
 
 
-def load(out: Path, precision: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running ``out/model.onnx`` on an NCHW float32 array with ONNX Runtime's CPU provider."""
+def session_options(threads: Optional[int] = None, spin: bool = True) -> Any:
+    """The ``onnxruntime.SessionOptions`` an export runs with: ``threads`` intra-op threads (one inter-op thread), and
+    ``spin``: whether idle intra-op threads spin between nodes (ONNX Runtime's default) instead of sleeping.
+
+    Spinning is what makes a small network fast at batch 1: ghostnet_100 runs about 290 nodes per image, and with
+    spinning off every node wakes the sleeping worker threads again (``benchmarks/bench_forms.py`` measures both).
+    ``spin=False`` gives the cores back between nodes and runs, for a process sharing its CPU with other work."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # idle worker threads spinning on the cores would slow whatever else runs there (other models, other jobs)
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin else '0')
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(out / ARTIFACT), options, providers=['CPUExecutionProvider'])
+    return options
+
+
+def load(out: Path, precision: str, threads: Optional[int] = None, spin: bool = True,
+         ) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running ``out/model.onnx`` on an NCHW float32 array with ONNX Runtime's CPU provider
+    (:func:`session_options`)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(out / ARTIFACT), session_options(threads, spin), providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]

@@ -65,13 +65,14 @@ def compile_config(precision: str, threads: Optional[int] = None) -> dict:
     return config
 
 
-def load(out: Path, precision: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+def load(out: Path, precision: str, threads: Optional[int] = None, spin: bool = True,
+         ) -> Callable[[np.ndarray], np.ndarray]:
     """A function running ``out/model.xml`` on an NCHW float32 array on OpenVINO's CPU plugin.
 
     The IR keeps a dynamic batch; each input shape met is compiled with that shape fixed (``Model.reshape``), which
     OpenVINO's CPU plugin runs faster than the dynamic-shape model (about 1.15x at batch 1 for ghostnet_100). The
     last ``MAX_COMPILED_SHAPES`` shapes stay compiled (``run.cache_info()`` says how many); an older one met again
-    is compiled again."""
+    is compiled again. ``spin`` is ONNX Runtime's setting; OpenVINO's CPU plugin schedules its own threads."""
     import openvino as ov
 
     core = ov.Core()

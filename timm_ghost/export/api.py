@@ -280,7 +280,7 @@ def _export(
     split = calibration_split(calib, data_config, calib_size, holdout_size) if calib is not None else None
 
     log(f'preparing {name} ({"deploy form" if fold else "as given"}, {input_size[1]}x{input_size[2]} px)')
-    exportable = export_form(model, fold)
+    exportable = export_form(model, fold, pad=getattr(rt, 'PAD_CHANNELS', None))
     inputs = _verification_inputs(input_size)
     with torch.no_grad():
         references = [_single_output(model(x), name).float() for x in inputs]
@@ -303,8 +303,8 @@ def _export(
                 verification.update(_heldout_agreement(run, model, split, min(max_batch, 16)))
         _check(verification, precision, min_agreement, format, name)
         metadata = _metadata(
-            model, name, weights_source, data_config, format, rt, precision, files, fold, max_batch, calib,
-            split, verification, labels, list(references[-1].shape[1:]))
+            model, name, weights_source, data_config, format, rt, precision, files, _form_text(model, fold, exportable),
+            max_batch, calib, split, verification, labels, list(references[-1].shape[1:]))
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
     log(f'wrote {out}: {", ".join(files)} + {METADATA}')
     return ExportResult(Path(out).expanduser(), files + [METADATA], metadata)
@@ -422,7 +422,7 @@ def _check(verification: Dict[str, Any], precision: str, min_agreement: float, f
 
 
 def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_config: Dict[str, Any], fmt: str,
-              rt: ModuleType, precision: str, files: List[str], fold: bool, max_batch: int,
+              rt: ModuleType, precision: str, files: List[str], form: str, max_batch: int,
               calib: Optional[PathLike], split: Optional[Tuple[Any, List[int], List[int]]],
               verification: Dict[str, Any], labels: bool, output_size: List[int]) -> Dict[str, Any]:
     import timm
@@ -431,7 +431,7 @@ def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_c
     meta: Dict[str, Any] = {
         'model': name,
         'weights': weights_source,
-        'form': _form_text(model, fold),
+        'form': form,
         'format': fmt,
         'files': files,
         'input_name': 'input',
@@ -460,22 +460,27 @@ def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_c
     return meta
 
 
-def _form_text(model: nn.Module, fold: bool) -> str:
+def _form_text(model: nn.Module, fold: bool, exportable: Optional[nn.Module] = None) -> str:
     from ..ghostnet import GhostNet
-    from .form import _holds_ghost_blocks
+    from .form import GhostBottleneckPadded, _holds_ghost_blocks
 
     if fold and isinstance(model, GhostNet):
+        if exportable is not None and any(isinstance(m, GhostBottleneckPadded) for m in exportable.modules()):
+            return 'timm-ghost deploy (BN folded), feature maps padded to multiples of 16 channels'
         return 'timm-ghost deploy (BN folded)'
     if fold and _holds_ghost_blocks(model):
         return 'eval module, its timm-ghost blocks in deploy form (BN folded)'
     return 'eval model as given'
 
 
-def load_export(out: PathLike, threads: Optional[int] = None, verbose: bool = False,
+def load_export(out: PathLike, threads: Optional[int] = None, verbose: bool = False, spin: bool = True,
                 ) -> Callable[[np.ndarray], np.ndarray]:
     """A function running the export in ``out`` on an ``(N, 3, H, W)`` float32 array (normalised as ``export.json``
     says) and returning logits, with the runtime configured as when it was verified. ``threads``: intra-op threads.
-    ``verbose``: let the runtime print while it loads (ExecuTorch's CPU probe lines).
+    ``verbose``: let the runtime print while it loads (ExecuTorch's CPU probe lines). ``spin`` (ONNX Runtime): idle
+    worker threads spin between nodes, ONNX Runtime's default and what small networks need at batch 1; ``False``
+    lets them sleep, giving the cores back to other work between calls (slower: about 1.4x at batch 1 for
+    ghostnet_100 on 2 threads, see docs/export.md).
 
     An export with a batch bound (ExecuTorch: ``batch.max`` in ``export.json``, from ``max_batch``) refuses a larger
     batch with a ``ValueError`` naming the bound, before the runtime sees it."""
@@ -486,7 +491,7 @@ def load_export(out: PathLike, threads: Optional[int] = None, verbose: bool = Fa
         raise FileNotFoundError(f'{out}: no {METADATA} (not a timm-ghost export folder)') from None
     rt = require_runtime(meta['format'])
     with _quiet(verbose):
-        run = rt.load(out, meta['precision'], threads)
+        run = rt.load(out, meta['precision'], threads, spin)
     bound = (meta.get('batch') or {}).get('max')
     if bound is None:
         return run
