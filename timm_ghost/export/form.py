@@ -19,7 +19,9 @@ the block; GhostNet's halves (8, 12, 20, 36, 60, 92, 100 channels in ghostnet_10
 and redone around most depthwise convs (about 100 reorder nodes, 15 % of the batch-1 time). Padded, the reorders left
 are the SE gates' (ONNX Runtime multiplies by a broadcast gate outside the blocked layout). The padded channels are
 zeros that every later layer reads with zero weights: the same function (``benchmarks/bench_forms.py`` measures this
-form and the others tried). OpenVINO and XNNPACK pad internally and run the unpadded form faster.
+form and the others tried). OpenVINO runs the unpadded form faster (0.8-0.9x padded, same benchmark); XNNPACK
+(ExecuTorch) computes channels-last without channel blocks, where padding would only add work: not padded (not
+measured).
 """
 from __future__ import annotations
 
