@@ -8,7 +8,9 @@ summary in README.md are this script's output.
 Markers: ``<!-- benchmark-tables:start -->`` / ``<!-- benchmark-tables:end -->`` for the tables,
 ``<!-- benchmark-summary:start -->`` / ``<!-- benchmark-summary:end -->`` for the summary; from bench_peers.py's
 ``results/peers.json``, ``<!-- peers-tables:start -->`` / ``<!-- peers-tables:end -->`` for its tables and
-``<!-- peers-summary:start -->`` / ``<!-- peers-summary:end -->`` for the README's one line (written with --summary
+``<!-- forms-tables:start -->`` / ``<!-- forms-tables:end -->`` (in the --export-doc file, from bench_forms.py's
+``results/forms.json``) for the export forms' table; ``<!-- peers-summary:start -->`` / ``<!-- peers-summary:end -->``
+for the README's one line (written with --summary
 where the file has these markers).
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ SUMMARY_MARKERS = ('<!-- benchmark-summary:start -->', '<!-- benchmark-summary:e
 EXPORT_MARKERS = ('<!-- export-tables:start -->', '<!-- export-tables:end -->')
 PEERS_MARKERS = ('<!-- peers-tables:start -->', '<!-- peers-tables:end -->')
 PEERS_SUMMARY_MARKERS = ('<!-- peers-summary:start -->', '<!-- peers-summary:end -->')
+FORMS_MARKERS = ('<!-- forms-tables:start -->', '<!-- forms-tables:end -->')
 
 
 def load(path: Path, kind: str) -> Dict[str, Any]:
@@ -255,6 +258,38 @@ def peers_summary(data: Dict[str, Any]) -> str:
             + f'{off}.\n')
 
 
+def forms_table(data: Dict[str, Any]) -> str:
+    """bench_forms.py's table: images/s of every export form per runtime and batch, with its ratio to the legacy-ONNX
+    baseline in the same runtime (ONNX Runtime rows also against the baseline without spinning), and the node count
+    ONNX Runtime runs."""
+    s, m = data['settings'], data['machine']
+    short = ' **(short smoke run: not a measurement)**' if data.get('short') else ''
+    load = f', 1-min load average {m["loadavg_at_start"][0]:g} -> {m["loadavg_at_end"][0]:g}' if 'loadavg_at_end' in m \
+        else ''
+    runtimes = {'onnxruntime': 'ONNX Runtime', 'onnxruntime_nospin': 'ONNX Runtime, spinning off',
+                'openvino': 'OpenVINO (f32)'}
+    lines = [
+        f'{s["model"]}, {m["cpu_model"]}, {s["threads"]} threads, {s["img_size"]} px, random weights; '
+        f'{data["created"][:10]}{load}{short}. Ratio: the baseline\'s p50 over the row\'s, same runtime and batch '
+        '(in brackets, ONNX Runtime rows against the baseline with spinning off); int8 rows also against the fp32 form '
+        'the runtime\'s exports ship (ONNX Runtime: padded16, OpenVINO: export). Nodes: what ONNX Runtime runs after '
+        'its graph optimisations.',
+        '',
+        '| batch | runtime | form | img/s | vs baseline | nodes |',
+        '|---:|---|---|---:|---:|---:|',
+    ]
+    for r in data['results']:
+        ratio = f'{r["vs_baseline"]:.2f}x'
+        if r.get('vs_baseline_no_spinning'):
+            ratio += f' ({r["vs_baseline_no_spinning"]:.2f}x)'
+        if r.get('vs_shipped_fp32'):
+            ratio += f'; {r["vs_shipped_fp32"]:.2f}x its fp32'
+        nodes = data['ort_nodes'].get(r['form'], {}).get('total', '') if r['runtime'].startswith('onnx') else ''
+        lines.append(f'| {r["batch"]} | {runtimes.get(r["runtime"], r["runtime"])} | {r["form"]} | '
+                     f'{r["images_per_s"]:.0f} | {ratio} | {nodes} |')
+    return '\n'.join(lines) + '\n'
+
+
 def write_between_markers(path: Path, text: str, markers: Tuple[str, str] = MARKERS) -> None:
     """Replace what lies between the two ``markers`` lines of ``path`` with ``text`` (atomically, mode kept)."""
     start, end = markers
@@ -306,6 +341,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             export_text = export_tables(export, load(digits, 'export_digits') if digits.exists() else None)
             write_between_markers(args.export_doc, export_text, EXPORT_MARKERS)
             text += '\n' + export_text
+            forms = RESULTS / 'forms.json'
+            if forms.exists() and FORMS_MARKERS[0] in args.export_doc.read_text():
+                forms_text = forms_table(load(forms, 'forms'))
+                write_between_markers(args.export_doc, forms_text, FORMS_MARKERS)
+                text += '\n' + forms_text
         if args.peers_doc:
             if peers is None:
                 raise FileNotFoundError(f'{args.peers}: no such benchmark result (run benchmarks/bench_peers.py first)')

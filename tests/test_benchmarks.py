@@ -175,6 +175,10 @@ def test_committed_tables_are_report_py_output_of_the_committed_json():
                                     (root / 'README.md', report.PEERS_SUMMARY_MARKERS, report.peers_summary)):
             if markers[0] in path.read_text():
                 assert _between(path, markers) == text(peers), path
+    # bench_forms.py's table in docs/export.md
+    forms = report.load(results / 'forms.json', 'forms')
+    assert not forms['short'], 'results/forms.json is a --short smoke run'
+    assert _between(root / 'docs' / 'export.md', report.FORMS_MARKERS) == report.forms_table(forms)
 
 
 @pytest.fixture(scope='module')
