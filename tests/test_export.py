@@ -182,7 +182,7 @@ def digits_64(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.mark.parametrize('name', ['ghostnet_050', 'ghostnet_100', 'ghostnet_130'])
 def test_onnxruntime_padded_form_at_every_width(tmp_path, digits_64, name):
     """ONNX Runtime's export form (feature maps padded to multiples of 16 channels) at every width: fp32 within 1e-4
-    of the eval model, loaded with idle threads spinning (the default: ONNX Runtime's own, and about 1.4x faster at
+    of the eval model, loaded with idle threads spinning (the default: ONNX Runtime's own, and about 1.3x faster at
     batch 1 for ghostnet_100 on 2 threads) and without; int8 from the same form within 10 % of the largest logit of
     fp32 and agreeing with its top-1 on the held-out digits as the export checks (>= 0.9)."""
     _runtime('onnx')

@@ -479,7 +479,7 @@ def load_export(out: PathLike, threads: Optional[int] = None, verbose: bool = Fa
     says) and returning logits, with the runtime configured as when it was verified. ``threads``: intra-op threads.
     ``verbose``: let the runtime print while it loads (ExecuTorch's CPU probe lines). ``spin`` (ONNX Runtime): idle
     worker threads spin between nodes, ONNX Runtime's default and what small networks need at batch 1; ``False``
-    lets them sleep, giving the cores back to other work between calls (slower: about 1.4x at batch 1 for
+    lets them sleep, giving the cores back to other work between calls (slower: about 1.3x at batch 1 for
     ghostnet_100 on 2 threads, see docs/export.md).
 
     An export with a batch bound (ExecuTorch: ``batch.max`` in ``export.json``, from ``max_batch``) refuses a larger
