@@ -58,6 +58,7 @@ from benchlib import (
 
 from timm_ghost.export.form import (
     PAD_CHANNELS,
+    conv1x1,
     frozen_conv,
     halves_layout,
     pad_channels,
@@ -74,11 +75,6 @@ FORMS = ('export', 'padded16', 'concat_once', 'concat_free')
 
 def _interleaved(n: int) -> torch.Tensor:
     return torch.stack([torch.arange(n), torch.arange(n) + n], 1).flatten()
-
-
-def _conv1x1(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=bias is not None)
-    return frozen_conv(conv, weight.detach()[:, :, None, None], None if bias is None else bias.detach())
 
 
 def _joined(a: nn.Conv2d, b: nn.Conv2d) -> nn.Conv2d:
@@ -122,9 +118,9 @@ class _Block(nn.Module):
         if self.se:
             r = d.se_reduce.out_features
             lr = padded_layout(r, PAD_CHANNELS) if form == 'concat_once' else torch.arange(r)
-            self.r = remap_conv(_conv1x1(d.se_reduce.weight, d.se_reduce.bias), lg, lr)
-            self.e = remap_conv(_conv1x1(d.se_expand.weight, d.se_expand.bias), lr, lg)
-        p2 = _conv1x1(torch.cat([d.primary2_a.weight, d.primary2_b.weight], 1)[:, :, 0, 0], d.primary2_a.bias)
+            self.r = remap_conv(conv1x1(d.se_reduce.weight, d.se_reduce.bias), lg, lr)
+            self.e = remap_conv(conv1x1(d.se_expand.weight, d.se_expand.bias), lr, lg)
+        p2 = conv1x1(torch.cat([d.primary2_a.weight, d.primary2_b.weight], 1)[:, :, 0, 0], d.primary2_a.bias)
         self.p2 = remap_conv(p2, lg, lc)
         self.sdw = self.spw = None
         if d.shortcut_dw is not None:

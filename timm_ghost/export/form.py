@@ -33,12 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['export_form', 'pad_channels', 'GhostBottleneckExport', 'GhostBottleneckPadded', 'PAD_CHANNELS',
-           'padded_layout', 'halves_layout', 'remap_conv', 'remap_depthwise', 'frozen_conv']
+           'padded_layout', 'halves_layout', 'remap_conv', 'remap_depthwise', 'frozen_conv', 'conv1x1']
 
 PAD_CHANNELS = 16  # ONNX Runtime's NCHWc block with AVX-512 (AVX2's, 8, divides it)
 
 
-def _conv1x1(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
+def conv1x1(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
+    """A frozen 1x1 conv with a linear layer's ``weight`` ``(out, in)`` and ``bias``."""
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=bias is not None)
     conv.weight = nn.Parameter(weight.detach()[:, :, None, None].contiguous(), requires_grad=False)
     if bias is not None:
@@ -59,10 +60,10 @@ class GhostBottleneckExport(nn.Module):
         if block.se_reduce is not None and block.se_expand is not None:
             half = block.split1
             reduce, expand = block.se_reduce, block.se_expand
-            self.se_reduce_a = _conv1x1(reduce.weight[:, :half], reduce.bias)
-            self.se_reduce_b = _conv1x1(reduce.weight[:, half:], None)
-            self.se_expand_a = _conv1x1(expand.weight[:half], expand.bias[:half] if expand.bias is not None else None)
-            self.se_expand_b = _conv1x1(expand.weight[half:], expand.bias[half:] if expand.bias is not None else None)
+            self.se_reduce_a = conv1x1(reduce.weight[:, :half], reduce.bias)
+            self.se_reduce_b = conv1x1(reduce.weight[:, half:], None)
+            self.se_expand_a = conv1x1(expand.weight[:half], expand.bias[:half] if expand.bias is not None else None)
+            self.se_expand_b = conv1x1(expand.weight[half:], expand.bias[half:] if expand.bias is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.relu(self.primary1(x))
@@ -164,10 +165,10 @@ class GhostBottleneckPadded(nn.Module):
         if block.se_reduce is not None and block.se_expand is not None:
             lr = padded_layout(block.se_reduce.out_features, align)
             reduce, expand = block.se_reduce, block.se_expand
-            self.se_reduce_a = remap_conv(_conv1x1(reduce.weight[:, :c1], reduce.bias), la, lr)
-            self.se_reduce_b = remap_conv(_conv1x1(reduce.weight[:, c1:], None), la, lr)
-            self.se_expand_a = remap_conv(_conv1x1(expand.weight[:c1], expand.bias[:c1]), lr, la)
-            self.se_expand_b = remap_conv(_conv1x1(expand.weight[c1:], expand.bias[c1:]), lr, la)
+            self.se_reduce_a = remap_conv(conv1x1(reduce.weight[:, :c1], reduce.bias), la, lr)
+            self.se_reduce_b = remap_conv(conv1x1(reduce.weight[:, c1:], None), la, lr)
+            self.se_expand_a = remap_conv(conv1x1(expand.weight[:c1], expand.bias[:c1]), lr, la)
+            self.se_expand_b = remap_conv(conv1x1(expand.weight[c1:], expand.bias[c1:]), lr, la)
         self.primary2_a = remap_conv(block.primary2_a, la, lc)
         self.primary2_b = remap_conv(block.primary2_b, la, lc)
         self.cheap2 = remap_depthwise(block.cheap2, lc)
@@ -181,7 +182,7 @@ class GhostBottleneckPadded(nn.Module):
     forward = GhostBottleneckExport.forward
 
 
-def _pads(model: nn.Module, align: int) -> bool:
+def _pads(model: nn.Module) -> bool:
     """Whether ``model`` (a deploy GhostNet classifier) has the structure :func:`pad_channels` pads: a stem conv,
     deploy Ghost bottlenecks, and the final 1x1 conv block restoring the plain channel order before the head."""
     from ..deploy import ConvActDeploy, GhostBottleneckDeploy, ToChannelsLast
@@ -203,7 +204,7 @@ def pad_channels(model: nn.Module, align: int = PAD_CHANNELS) -> nn.Module:
     structure (:func:`_pads`) raises ``ValueError``."""
     from ..deploy import GhostBottleneckDeploy
 
-    if not _pads(model, align):
+    if not _pads(model):
         raise ValueError('pad_channels: expected a deploy GhostNet classifier (timm.utils.reparameterize_model of a '
                          'timm-ghost GhostNet)')
     out = copy.deepcopy(model).eval()
@@ -247,7 +248,7 @@ def export_form(model: nn.Module, fold: bool = True, pad: Optional[int] = None) 
     if not (fold and (classifier or _holds_ghost_blocks(out))):
         return out
     out = reparameterize_model(out)
-    if pad and classifier and _pads(out, pad):
+    if pad and classifier and _pads(out):
         out = pad_channels(out, pad)
     for module in list(out.modules()):
         for name, param in list(module.named_parameters(recurse=False)):
