@@ -212,20 +212,6 @@ def _ov(model_or_path: Any, batch: int, size: int, threads: int) -> Any:
     return core.compile_model(model, 'CPU', compile_config('fp32', threads)).create_infer_request()
 
 
-def _quantize(src: Path, out: Path, work: Path, exclude: List[str], calib: List[np.ndarray]) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from timm_ghost.export._onnxruntime import _Reader
-
-    prep = work / f'prep_{out.stem}.onnx'
-    quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
-    quantize_static(
-        str(prep), str(out), _Reader([torch.from_numpy(c) for c in calib]), quant_format=QuantFormat.QDQ,
-        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
-
-
 def _excluded(path: Path) -> Dict[str, List[str]]:
     """Names of the depthwise convs, and of the SE gate's nodes, of the ONNX graph at ``path``."""
     import onnx
@@ -243,6 +229,7 @@ def run(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> Dic
     from timm.utils.onnx import onnx_export
 
     from timm_ghost.export import export_form
+    from timm_ghost.export._onnxruntime import quantize
     from timm_ghost.testing import randomize_
 
     model = randomize_(timm.create_model(args.model), seed=0).eval()
@@ -281,7 +268,7 @@ def run(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> Dic
         for key, exclude in (('int8', []), ('int8_float_dw', names['depthwise']),
                              ('int8_float_dw_se', names['depthwise'] + names['se'])):
             int8[key] = work / f'{key}.onnx'
-            _quantize(paths['padded16'], int8[key], work, exclude, calib)
+            quantize(paths['padded16'], int8[key], work, [torch.from_numpy(c) for c in calib], exclude)
             log(f'quantized {key} for ONNX Runtime ({len(exclude)} nodes kept in float)')
         nodes.update({key: _ort_nodes(path) for key, path in int8.items()})
         data = nncf.Dataset([image[None] for batch in calib for image in batch])

@@ -188,22 +188,12 @@ def build_baseline(deploy: torch.nn.Module, fmt: str, precision: str, out: Path,
         ov.save_model(ov.convert_model(onnx_path), out / 'model.xml', compress_to_fp16=False)
         verification['convert'] = 'openvino.convert_model(model.onnx)'
     if precision == 'int8':
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from timm_ghost.export._onnxruntime import quantize
 
         calib_batches, heldout = _int8_batches(deploy, calib, args)  # type: ignore[arg-type]
-        reader = iter([{'input': x.numpy()} for x in calib_batches])
-
-        class Reader:  # ONNX Runtime's CalibrationDataReader protocol
-            def get_next(self) -> Optional[dict]:
-                return next(reader, None)
-
         fp32_path = onnx_path.rename(out / 'fp32.onnx')
         with _silenced():
-            quant_pre_process(str(fp32_path), str(out / 'prep.onnx'), skip_symbolic_shape=True)
-            quantize_static(str(out / 'prep.onnx'), str(onnx_path), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+            quantize(fp32_path, onnx_path, out, calib_batches)
         verification['quantization'] = ('onnxruntime.quantization.quantize_static: QDQ, MinMax, uint8 activations, '
                                         f'int8 per-channel weights, {sum(map(len, calib_batches))} digits images')
     with _silenced():

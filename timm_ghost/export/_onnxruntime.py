@@ -3,11 +3,13 @@ static quantizer (QDQ format, per-channel weights)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .form import PAD_CHANNELS as FORM_PAD_CHANNELS
 
 NAME = 'onnx'
 RUNTIME = 'onnxruntime'
@@ -16,9 +18,8 @@ PACKAGES = ('onnx', 'onnxscript', 'onnxruntime')
 PRECISIONS = ('fp32', 'int8')
 QUANT_METHOD = 'onnxruntime.quantization.quantize_static: QDQ, MinMax, uint8 activations, int8 per-channel weights'
 ARTIFACT = 'model.onnx'
-# a GhostNet classifier's feature maps padded to multiples of this many channels (ONNX Runtime's NCHWc block with
-# AVX-512; timm_ghost.export.form.pad_channels says why)
-PAD_CHANNELS = 16
+# a GhostNet classifier's feature maps padded to multiples of this many channels (timm_ghost.export.form says why)
+PAD_CHANNELS = FORM_PAD_CHANNELS
 
 
 def version() -> str:
@@ -46,21 +47,29 @@ class _Reader:
         return None if batch is None else {'input': batch.numpy()}
 
 
+def quantize(fp32: Path, out: Path, work: Path, calib: Iterable[torch.Tensor], exclude: Sequence[str] = ()) -> None:
+    """Quantize the fp32 ONNX model ``fp32`` into ``out`` with ONNX Runtime's static quantizer (the settings of
+    ``QUANT_METHOD``), calibrated on the NCHW batches ``calib``; ``exclude``: node names kept in float
+    (``nodes_to_exclude``). ``work`` holds the pre-processed model."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prep = work / f'prep_{out.stem}.onnx'
+    quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
+    quantize_static(
+        str(prep), str(out), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(exclude))
+
+
 def build(model: nn.Module, example: torch.Tensor, out: Path, work: Path, precision: str,
           calib: Optional[Iterable[torch.Tensor]], max_batch: int) -> List[str]:
     """Write ``out/model.onnx``; ``work`` holds intermediate files. Returns the artifact names."""
     if precision == 'fp32':
         _export_fp32(model, example, out / ARTIFACT)
         return [ARTIFACT]
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     _export_fp32(model, example, work / 'fp32.onnx')
-    quant_pre_process(str(work / 'fp32.onnx'), str(work / 'prep.onnx'), skip_symbolic_shape=True)
-    quantize_static(
-        str(work / 'prep.onnx'), str(out / ARTIFACT), _Reader(calib), quant_format=QuantFormat.QDQ,
-        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax)
+    quantize(work / 'fp32.onnx', out / ARTIFACT, work, calib)
     return [ARTIFACT]
 
 

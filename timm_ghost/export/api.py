@@ -460,13 +460,13 @@ def _metadata(model: nn.Module, name: str, weights_source: Optional[str], data_c
     return meta
 
 
-def _form_text(model: nn.Module, fold: bool, exportable: Optional[nn.Module] = None) -> str:
+def _form_text(model: nn.Module, fold: bool, exportable: nn.Module) -> str:
     from ..ghostnet import GhostNet
-    from .form import GhostBottleneckPadded, _holds_ghost_blocks
+    from .form import PAD_CHANNELS, GhostBottleneckPadded, _holds_ghost_blocks
 
     if fold and isinstance(model, GhostNet):
-        if exportable is not None and any(isinstance(m, GhostBottleneckPadded) for m in exportable.modules()):
-            return 'timm-ghost deploy (BN folded), feature maps padded to multiples of 16 channels'
+        if any(isinstance(m, GhostBottleneckPadded) for m in exportable.modules()):
+            return f'timm-ghost deploy (BN folded), feature maps padded to multiples of {PAD_CHANNELS} channels'
         return 'timm-ghost deploy (BN folded)'
     if fold and _holds_ghost_blocks(model):
         return 'eval module, its timm-ghost blocks in deploy form (BN folded)'
