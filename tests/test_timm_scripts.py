@@ -121,7 +121,8 @@ def test_launcher_script_imports_its_siblings_and_parses_its_own_args(tmp_path, 
 def test_launcher_usage_errors(tmp_path, launcher, capsys):
     with pytest.raises(SystemExit) as e:
         launcher([])
-    assert e.value.code == 2 and capsys.readouterr().err.startswith('usage: python -m timm_ghost.run SCRIPT [ARGS...]')
+    assert e.value.code == 2 and capsys.readouterr().err.startswith(
+        'usage: python -m timm_ghost.run [--inference-model] SCRIPT [ARGS...]')
     with pytest.raises(SystemExit) as e:
         launcher([str(tmp_path / 'nope.py'), '--x'])
     assert e.value.code == 2
@@ -222,6 +223,35 @@ def test_validate_py_reparam_through_the_launcher(trained, digits32, tmp_path):
     header = summary[0].split(',')
     train_top1 = max(float(row.split(',')[header.index('eval_top1')]) for row in summary[1:])
     assert abs(scores['top1'] - train_top1) < 0.3  # 360 images: at most one differs on a near-tie
+
+
+def test_validate_py_with_the_inference_model(trained, digits32, tmp_path):
+    """``--inference-model``: the checkpoint loads into the created model, which then runs folded and compiled, with
+    the score of the plain checkpoint (train.py's own evaluation)."""
+    folder = _scripts_dir()
+    results = tmp_path / 'results.json'
+    proc = _run([
+        '-m', 'timm_ghost.run', '--inference-model', folder / 'validate.py', digits32, '--split', 'validation',
+        '--model', 'ghostnet_050', '--num-classes', '10', '--checkpoint', trained / 'model_best.pth.tar',
+        '--img-size', '32', '-b', '120', '--crop-pct', '1.0', '--interpolation', 'bicubic', '--device', 'cpu',
+        '--workers', '0', '--no-prefetcher', '--results-file', results, '--results-format', 'json',
+    ], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = [line for line in proc.stderr.splitlines() if line.startswith('timm-ghost: inference model:')]
+    assert len(report) == 1 and re.fullmatch(
+        r'timm-ghost: inference model: backend: inductor; compiled 120x3x32x32 in [\d.]+ s', report[0]), report
+    summary = (trained / 'summary.csv').read_text().strip().splitlines()
+    header = summary[0].split(',')
+    train_top1 = max(float(row.split(',')[header.index('eval_top1')]) for row in summary[1:])
+    assert abs(json.loads(results.read_text())['top1'] - train_top1) < 0.3
+
+
+def test_launcher_inference_model_refuses_the_scripts_own_compile(tmp_path, launcher):
+    script = _script(tmp_path, "raise AssertionError('must not run')\n")
+    with pytest.raises(SystemExit) as e:
+        launcher(['--inference-model', str(script), '--model', 'ghostnet_050', '--torchcompile=inductor', '--reparam'])
+    assert str(e.value.code) == ('python -m timm_ghost.run: error: --inference-model folds and compiles the model '
+                                 'itself; drop --torchcompile=inductor --reparam')
 
 
 def test_benchmark_py_through_the_launcher(tmp_path):

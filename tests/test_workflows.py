@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -208,6 +209,21 @@ def test_predict_top5_with_imagenet_names(capsys, image_file, random_weights):
         assert f'{100 * float(p):6.2f} %' in line
 
 
+def test_predict_compiled_over_several_images(capsys, image_file, random_weights):
+    """``--compile``: the inference model (folded, inductor) gives the eval model's top 5 for each image, and says
+    what it compiled."""
+    assert main(['predict', str(image_file), str(image_file), '--weights', str(random_weights), '--top-k', '2',
+                 '--compile']) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 * 3 + 1 and out[0] == out[3] == (
+        f'ghostnet_100 ({random_weights}, 224x224 px) on {image_file}:')
+    expected = _expected_top5('ghostnet_100', random_weights, image_file)
+    for line, p in zip(out[1:3], expected.values):
+        assert f'{100 * float(p):6.2f} %' in line
+    assert out[1:3] == out[4:6]
+    assert re.fullmatch(r'inference model: backend: inductor; compiled 1x3x224x224 in [\d.]+ s', out[-1]), out[-1]
+
+
 def test_predict_topk_numbers(image_file, random_weights):
     model, _ = load_model('ghostnet_100', str(random_weights))
     rows = predict_topk(model, str(image_file), k=3)
@@ -250,7 +266,7 @@ def test_predict_bad_inputs(capsys, image_file, random_weights, tmp_path):
     # a folder is not an image
     assert main(['predict', str(tmp_path), '--weights', str(random_weights)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f'timm-ghost predict: error: IMAGE {tmp_path} is a folder; give one image file'
+    assert err == f'timm-ghost predict: error: IMAGE {tmp_path} is a folder; give image files'
     assert main(['predict', str(image_file), '--weights', str(tmp_path / 'nope.safetensors')]) == 1
     assert 'no such file or folder' in capsys.readouterr().err
     not_image = tmp_path / 'notes.png'

@@ -5,11 +5,13 @@ from .arch import GHOSTNET_STAGES, PAPER_RESULTS, WIDTHS, BlockCfg, PaperResult
 from .blocks import ConvBnAct, GhostBottleneck, GhostModule
 from .errors import PretrainedWeightsError
 from .ghostnet import GhostNet
+from .inference import InferenceModel, inference_model
 
 __version__ = '0.1.0'
 MODEL_NAMES = tuple(WIDTHS)
 
 __all__ = [
     'GhostNet', 'GhostModule', 'GhostBottleneck', 'ConvBnAct', 'BlockCfg', 'GHOSTNET_STAGES', 'PAPER_RESULTS',
-    'PaperResult', 'WIDTHS', 'MODEL_NAMES', 'PretrainedWeightsError', '__version__',
+    'PaperResult', 'WIDTHS', 'MODEL_NAMES', 'PretrainedWeightsError', 'inference_model', 'InferenceModel',
+    '__version__',
 ]

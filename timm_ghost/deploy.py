@@ -125,7 +125,8 @@ class _PackedWeights:
     def get(self, module: nn.Module, names: Tuple[str, ...]) -> Dict[str, torch.Tensor]:
         """``{name: packed weight}`` for the depthwise convs ``module.<name>``, packing them if any changed."""
         convs = [module._modules[name] for name in names]
-        key = tuple((c.weight.data_ptr(), c.weight._version) for c in convs)
+        # an inference tensor has no version counter; it cannot change outside inference mode either
+        key = tuple((c.weight.data_ptr(), -1 if c.weight.is_inference() else c.weight._version) for c in convs)
         if key != self.key:
             self.weights = {
                 name: _OPS[1](

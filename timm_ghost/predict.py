@@ -357,19 +357,27 @@ def predict_topk(model: nn.Module, image: str, k: int = 5, img_size: Optional[in
 
 
 def _cmd_predict(args: Any) -> int:
-    if not Path(args.image).exists():
-        raise FileNotFoundError(f'IMAGE {args.image}: no such file')
-    if Path(args.image).is_dir():
-        raise IsADirectoryError(f'IMAGE {args.image} is a folder; give one image file')
+    from .inference import compile_report, inference_model
+
+    for image in args.image:
+        if not Path(image).exists():
+            raise FileNotFoundError(f'IMAGE {image}: no such file')
+        if Path(image).is_dir():
+            raise IsADirectoryError(f'IMAGE {image} is a folder; give image files')
     model, source = load_model(args.model, args.weights, args.tag)
-    rows = predict_topk(model, args.image, args.top_k, img_size=args.img_size)
+    # folded and channels_last; compiled only when asked: one compile (seconds) outweighs many eager images
+    fast = inference_model(model, compile=args.compile)
     arch = model.pretrained_cfg.get('architecture', args.model)
     size = f'{args.img_size}x{args.img_size}' if args.img_size else 'x'.join(
         str(s) for s in model.pretrained_cfg.get('input_size', ())[1:])
-    print(f'{arch} ({source}, {size} px) on {args.image}:')
-    for rank, r in enumerate(rows, 1):
-        text = f'{r["label"]}  {r["description"]}' if r['description'] else r['label']
-        print(f'{rank:>3}. {100 * r["prob"]:6.2f} %  {text}')
+    for image in args.image:
+        rows = predict_topk(fast, image, args.top_k, img_size=args.img_size)
+        print(f'{arch} ({source}, {size} px) on {image}:')
+        for rank, r in enumerate(rows, 1):
+            text = f'{r["label"]}  {r["description"]}' if r['description'] else r['label']
+            print(f'{rank:>3}. {100 * r["prob"]:6.2f} %  {text}')
+    if args.compile:
+        print(f'inference model: {"; ".join(compile_report(fast))}')
     return 0
 
 
@@ -391,10 +399,13 @@ def register_cli(sub: Any) -> None:
         'predict', help='top-5 classes of an image',
         description='Classify IMAGE and print the top classes with their names (ImageNet names from timm\'s '
                     'ImageNetInfo, or the label names of a folder saved for the Hub).')
-    p.add_argument('image', metavar='IMAGE', help='image file')
+    p.add_argument('image', metavar='IMAGE', nargs='+', help='image files')
     add_model_arguments(p)
     p.add_argument('--top-k', type=int, default=5, help='classes to show (default 5)')
     p.add_argument('--img-size', type=int, default=None, metavar='PIXELS',
                    help="input size (default: the weights' own: config.json beside them, the image size a train.py "
                         "checkpoint was trained at, or the pretrained cfg's)")
+    p.add_argument('--compile', action='store_true',
+                   help='compile the folded model with inductor (timm_ghost.inference_model): seconds once, then '
+                        'faster per image; worth it for many images (default: the folded eager model)')
     p.set_defaults(func=_cmd_predict)
