@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import List, Optional
 
 from timm_ghost_cli import COMMANDS, top_parser
@@ -47,8 +48,13 @@ def run(argv: List[str]) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 2
+    def one_line_warning(message: Warning | str, category: type, *rest: object, **kw: object) -> None:
+        print(f'timm-ghost {args.command}: warning: {_one_line(message)}', file=sys.stderr)  # type: ignore[arg-type]
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning  # a library's warning is one line here, not file:line + source
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f'timm-ghost {args.command}: interrupted', file=sys.stderr)
         return 130

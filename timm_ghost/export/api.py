@@ -2,7 +2,10 @@
 
 :func:`export_model` builds the artifact in a hidden folder beside OUT, loads it back with its runtime, checks it
 against the eval-mode PyTorch model, writes ``export.json`` beside it and only then moves the folder into place.
-:func:`load_export` runs an export the way it was verified (OpenVINO's precision hint included).
+:func:`load_export` runs an export the way it was verified (OpenVINO's precision hint included). An int8 export also
+times itself against the same model in fp32 on this CPU (``speed`` in ``export.json``, and one warning line where
+int8 is the slower); ``format='auto'`` / ``precision='auto'`` build every installed candidate, verify and time each,
+and keep the fastest.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -32,7 +36,7 @@ from .form import export_form
 
 __all__ = [
     'FORMATS', 'PRECISIONS', 'FP32_ATOL', 'BF16_RTOL', 'MIN_HOLDOUT', 'ExportResult', 'export_model', 'export_module',
-    'load_export', 'export_form', 'runtime_for', 'require_runtime', 'calibration_split',
+    'load_export', 'export_form', 'runtime_for', 'require_runtime', 'calibration_split', 'AUTO',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -44,6 +48,7 @@ BF16_RTOL = 0.05  # bf16 logits: max |diff| within this fraction of the largest 
 VERIFY_BATCHES = (1, 3)  # the fixed inputs' batch sizes (N(0, 1) images, seed 0)
 MIN_HOLDOUT = 32  # the held-out agreement check runs on at least this many images (a step of about 3 %), or refuses
 METADATA = 'export.json'
+AUTO = 'auto'  # format / precision: every installed candidate built, verified and timed; the fastest kept
 
 
 def runtime_for(fmt: str) -> ModuleType:
@@ -174,10 +179,13 @@ def export_model(
         img_size: Optional[int] = None,
         fold: bool = True,
         max_batch: int = 32,
+        batch: int = 1,
+        speed_check: bool = True,
         force: bool = False,
         model_name: Optional[str] = None,
         weights_source: Optional[str] = None,
         verbose: bool = False,
+        progress: bool = False,
         log: Callable[[str], None] = lambda msg: None,
 ) -> ExportResult:
     """Export ``model`` to ``out`` (a new or empty folder; replaced with ``force``) and verify it.
@@ -192,19 +200,33 @@ def export_model(
     ``fold``: export a timm-ghost GhostNet's deploy form (:func:`export_form`). ``img_size``: input size (default:
     the model's pretrained cfg). ``max_batch``: ExecuTorch's largest batch (at least 17; ONNX and OpenVINO take any).
     ``verbose``: let the exporters, quantizers and runtimes print (progress bars, logs, warnings); by default their
-    output is swallowed and ``log`` gets the steps. Raises ``ValueError`` / ``FileNotFoundError`` /
-    ``FileExistsError`` for bad arguments, ``MissingDependencyError`` when the runtime is not installed,
-    ``ExportError`` when the export fails or does not verify; nothing is left in ``out`` then.
-    Any other image module: :func:`export_module`.
+    output is swallowed and ``log`` gets the steps.
+
+    ``speed_check`` (int8): also build the fp32 export in the work folder and time both with the runtime on this
+    CPU at batch 1 and ``max_batch`` (:func:`timm_ghost.export.speed.measure_speeds`, a few seconds); the speeds go
+    into ``export.json`` (``speed``), and where int8 is the slower at either batch a ``RuntimeWarning`` says so in
+    one line with the ratio and the faster choice.
+
+    ``format='auto'`` (every installed runtime) and / or ``precision='auto'`` (fp32 and int8, which needs ``calib``;
+    bf16 too where the runtime and CPU have it): builds and verifies every candidate as above, times each at batch 1
+    and ``batch``, keeps the fastest at ``batch`` in ``out`` and records the table of all in ``export.json``
+    (``auto``); runtimes not installed and candidates that fail are rows of the table, not errors, unless none is
+    left. ``progress``: a progress bar over the candidates on stderr (where it is a terminal).
+
+    Raises ``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` for bad arguments,
+    ``MissingDependencyError`` when the runtime is not installed, ``ExportError`` when the export fails or does not
+    verify; nothing is left in ``out`` then. Any other image module: :func:`export_module`.
     """
     _check_module(model)
-    require_runtime(format)
+    if format != AUTO:
+        require_runtime(format)
     data_config = _data_config(model, img_size)
     name = model_name or (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
-    return _export(
+    return _dispatch(
         model, out, format, precision, data_config, name=name, labels=True, calib=calib, calib_size=calib_size,
-        holdout_size=holdout_size, min_agreement=min_agreement, fold=fold, max_batch=max_batch, force=force,
-        weights_source=weights_source, verbose=verbose, log=log)
+        holdout_size=holdout_size, min_agreement=min_agreement, fold=fold, max_batch=max_batch, batch=batch,
+        speed_check=speed_check, force=force, weights_source=weights_source, verbose=verbose, progress=progress,
+        log=log)
 
 
 def export_module(
@@ -222,10 +244,13 @@ def export_module(
         min_agreement: float = 0.9,
         fold: bool = True,
         max_batch: int = 32,
+        batch: int = 1,
+        speed_check: bool = True,
         force: bool = False,
         name: Optional[str] = None,
         weights_source: Optional[str] = None,
         verbose: bool = False,
+        progress: bool = False,
         log: Callable[[str], None] = lambda msg: None,
 ) -> ExportResult:
     """Export any image module (one ``(N, *input_size)`` float tensor in, one tensor out: logits ``(N, K)``, a dense
@@ -238,15 +263,17 @@ def export_module(
     (:func:`export_form`). fp32 output must match the eval-mode module within ``FP32_ATOL`` at batch 1 and 3; for
     int8 the top-1 agreement with fp32 is counted per output position (the argmax over dim 1: per image for logits,
     per pixel for a segmentation map). ``name``: recorded in ``export.json`` (default: the module's class name).
-    Other arguments and errors as :func:`export_model`.
+    Other arguments (``format='auto'`` and ``precision='auto'`` included) and errors as :func:`export_model`.
     """
     _check_module(module)
-    require_runtime(format)
+    if format != AUTO:
+        require_runtime(format)
     data_config = _data_config(module, input_size=input_size, mean=mean, std=std)
-    return _export(
+    return _dispatch(
         module, out, format, precision, data_config, name=name or type(module).__name__, labels=False, calib=calib,
         calib_size=calib_size, holdout_size=holdout_size, min_agreement=min_agreement, fold=fold,
-        max_batch=max_batch, force=force, weights_source=weights_source, verbose=verbose, log=log)
+        max_batch=max_batch, batch=batch, speed_check=speed_check, force=force, weights_source=weights_source,
+        verbose=verbose, progress=progress, log=log)
 
 
 def _check_module(model: Any) -> None:
@@ -258,7 +285,7 @@ def _check_module(model: Any) -> None:
 def _export(
         model: nn.Module, out: PathLike, format: str, precision: str, data_config: Dict[str, Any], *, name: str,
         labels: bool, calib: Optional[PathLike], calib_size: int, holdout_size: int, min_agreement: float,
-        fold: bool, max_batch: int, force: bool, weights_source: Optional[str], verbose: bool,
+        fold: bool, max_batch: int, speed_check: bool, force: bool, weights_source: Optional[str], verbose: bool,
         log: Callable[[str], None],
 ) -> ExportResult:
     from .._io import atomic_output_dir, check_output_dir
@@ -280,7 +307,7 @@ def _export(
     split = calibration_split(calib, data_config, calib_size, holdout_size) if calib is not None else None
 
     log(f'preparing {name} ({"deploy form" if fold else "as given"}, {input_size[1]}x{input_size[2]} px)')
-    exportable = export_form(model, fold, pad=getattr(rt, 'PAD_CHANNELS', None))
+    exportable = export_form(model, fold, **_form_options(rt, precision))
     inputs = _verification_inputs(input_size)
     with torch.no_grad():
         references = [_single_output(model(x), name).float() for x in inputs]
@@ -305,9 +332,191 @@ def _export(
         metadata = _metadata(
             model, name, weights_source, data_config, format, rt, precision, files, _form_text(model, fold, exportable),
             max_batch, calib, split, verification, labels, list(references[-1].shape[1:]))
+        if precision == 'int8' and speed_check:
+            log('timing int8 against fp32 on this CPU ...')
+            metadata['speed'] = _int8_speed(model, fold, rt, inputs[-1], Path(work), run, input_size, max_batch,
+                                            verbose, format, name)
+            _warn_if_slower(metadata['speed'], format)
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
     log(f'wrote {out}: {", ".join(files)} + {METADATA}')
     return ExportResult(Path(out).expanduser(), files + [METADATA], metadata)
+
+
+def _form_options(rt: ModuleType, precision: str) -> Dict[str, Any]:
+    """The ``export_form`` keywords of ``rt``'s exports at ``precision`` (its ``form_options``; none by default)."""
+    options = getattr(rt, 'form_options', None)
+    return options(precision) if options is not None else {}
+
+
+def _int8_speed(model: nn.Module, fold: bool, rt: ModuleType, example: torch.Tensor, work: Path,
+                run_int8: Callable[[np.ndarray], np.ndarray], input_size: Sequence[int], max_batch: int,
+                verbose: bool, fmt: str, name: str) -> Dict[str, Any]:
+    """Build ``model`` in fp32 for ``rt`` in ``work`` and time it beside the int8 export: ``export.json``'s
+    ``speed`` record (images/s of both at batch 1 and ``max_batch``, int8 / fp32, the faster per batch)."""
+    from . import speed
+
+    folder = work / 'fp32-speed'
+    folder.mkdir()
+    try:
+        with _quiet(verbose):
+            rt.build(export_form(model, fold, **_form_options(rt, 'fp32')), example, folder, work, 'fp32', None,
+                     max_batch)
+            run_fp32 = rt.load(folder, 'fp32')
+    except Exception as e:
+        raise ExportError(f'{fmt} int8 export of {name}: the fp32 build it is timed against failed: '
+                          f'{type(e).__name__}: {_first_line(e)} (speed_check=False, or --no-speed-check, skips it)'
+                          ) from e
+    batches = sorted({1, max_batch})
+    with _quiet(verbose):
+        speeds = speed.measure_speeds({'fp32': run_fp32, 'int8': run_int8}, batches, input_size)
+    return speed_record(speeds, batches)
+
+
+def speed_record(speeds: Dict[str, Dict[str, float]], batches: Sequence[int]) -> Dict[str, Any]:
+    """``export.json``'s ``speed`` from :func:`~timm_ghost.export.speed.measure_speeds` of ``fp32`` and ``int8``."""
+    from .speed import METHOD
+
+    ratios = {str(b): round(speeds['int8'][str(b)] / speeds['fp32'][str(b)], 3) for b in batches}
+    return {
+        'images_per_s': {'fp32': speeds['fp32'], 'int8': speeds['int8']},
+        'int8_vs_fp32': ratios,
+        'faster': {b: 'int8' if r >= 1 else 'fp32' for b, r in ratios.items()},
+        'threads': torch.get_num_threads(),
+        'method': METHOD,
+    }
+
+
+def _warn_if_slower(record: Dict[str, Any], fmt: str) -> None:
+    slower = {b: r for b, r in record['int8_vs_fp32'].items() if r < 1}
+    if slower:
+        at = ', '.join(f'{r:.2f}x at batch {b}' for b, r in slower.items())
+        warnings.warn(f'{fmt} int8 runs slower than its fp32 on this CPU ({at}; export.json: speed): the faster '
+                      f'choice here is --precision fp32', RuntimeWarning, stacklevel=3)
+
+
+def _dispatch(model: nn.Module, out: PathLike, format: str, precision: str, data_config: Dict[str, Any], *,
+              batch: int, progress: bool, **kwargs: Any) -> ExportResult:
+    if batch < 1:
+        raise ValueError(f'batch: expected a positive batch size, got {batch}')
+    if AUTO in (format, precision):
+        return _export_auto(model, out, format, precision, data_config, batch=batch, progress=progress, **kwargs)
+    return _export(model, out, format, precision, data_config, **kwargs)
+
+
+def _candidates(format: str, precision: str, calib: Optional[PathLike]) -> List[Tuple[str, str, Optional[str]]]:
+    """``(format, precision, why not)`` of every candidate of ``--format`` / ``--precision`` (``auto`` or one)."""
+    if format != AUTO:
+        runtime_for(format)  # an unknown format is a ValueError naming it
+    if precision not in PRECISIONS + (AUTO,):
+        raise ValueError(f'precision: expected one of {", ".join(PRECISIONS + (AUTO,))}, got {precision!r}')
+    if precision == AUTO and calib is None:
+        raise ValueError('--precision auto needs --calib DIR: it compares fp32 with int8, which calibrates on those '
+                         'images')
+    rows: List[Tuple[str, str, Optional[str]]] = []
+    for fmt in (FORMATS if format == AUTO else (format,)):
+        rt = runtime_for(fmt)
+        try:
+            require_runtime(fmt)
+        except MissingDependencyError as e:
+            if format != AUTO:
+                raise
+            rows.append((fmt, precision if precision != AUTO else '-', f'not installed: {_first_line(e)}'))
+            continue
+        if precision != AUTO:
+            if precision in rt.PRECISIONS:
+                rows.append((fmt, precision, None))
+            elif format != AUTO:
+                raise ValueError(f'--precision {precision}: {fmt} exports support {", ".join(rt.PRECISIONS)}')
+            else:
+                rows.append((fmt, precision, f'{fmt} exports support {", ".join(rt.PRECISIONS)}'))
+            continue
+        for prec in rt.PRECISIONS:
+            if prec == 'bf16' and not rt.bf16_supported():
+                continue
+            rows.append((fmt, prec, None))
+    return rows
+
+
+def _export_auto(model: nn.Module, out: PathLike, format: str, precision: str, data_config: Dict[str, Any], *,
+                 batch: int, progress: bool, force: bool, log: Callable[[str], None], verbose: bool,
+                 speed_check: bool, **kwargs: Any) -> ExportResult:
+    """``format`` and / or ``precision`` ``auto``: every candidate exported and verified in a work folder, the
+    verified ones timed side by side at batch 1 and ``batch``, the fastest at ``batch`` moved into ``out``. With one
+    precision given, int8 candidates keep their own fp32 speed check (``speed_check``); ``precision='auto'`` times
+    fp32 beside int8 in the table itself."""
+    from tqdm.auto import tqdm
+
+    from .._io import atomic_output_dir, check_output_dir
+    from . import speed
+
+    check_output_dir(out, force)
+    rows = [{'format': f, 'precision': p, 'status': why or 'verified'}
+            for f, p, why in _candidates(format, precision, kwargs['calib'])]
+    todo = [row for row in rows if row['status'] == 'verified']
+    if not todo:
+        raise MissingDependencyError('--format auto: no runtime installed: ' + '; '.join(
+            f'{r["format"]}: {r["status"]}' for r in rows))
+    batches = sorted({1, batch})
+    if batch > kwargs['max_batch']:
+        raise ValueError(f'batch: {batch} is more than max_batch ({kwargs["max_batch"]}); raise max_batch to time it')
+    with atomic_output_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix='timm-ghost-auto-') as work:
+        bar = tqdm(total=len(todo) + 1, desc='export auto', unit='step', disable=None if progress else True,
+                   file=sys.stderr, leave=False)
+        results: Dict[str, ExportResult] = {}
+        runs: Dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        with bar:
+            for row in todo:
+                key = f'{row["format"]} {row["precision"]}'
+                bar.set_postfix_str(f'{key}: build and verify')
+                log(f'auto: {key} ...')
+                try:
+                    results[key] = _export(model, Path(work) / key.replace(' ', '-'), row['format'],
+                                           row['precision'], data_config, force=False,
+                                           speed_check=speed_check and precision != AUTO,
+                                           verbose=verbose, log=log, **kwargs)
+                    with _quiet(verbose):
+                        runs[key] = load_export(results[key].out, verbose=verbose)
+                except (ExportError, ValueError) as e:
+                    row['status'] = f'failed: {_first_line(e)}'
+                bar.update(1)
+            if not runs:
+                raise ExportError('--format auto: no candidate verified: ' + '; '.join(
+                    f'{r["format"]} {r["precision"]}: {r["status"]}' for r in rows))
+            bar.set_postfix_str(f'timing {len(runs)} exports at batch {" and ".join(map(str, batches))}')
+            log(f'auto: timing {", ".join(runs)} at batch {" and ".join(map(str, batches))} ...')
+            with _quiet(verbose):
+                speeds = speed.measure_speeds(runs, batches, tuple(data_config['input_size']))
+            bar.update(1)
+        for row in rows:
+            row['images_per_s'] = speeds.get(f'{row["format"]} {row["precision"]}')
+        chosen = max(runs, key=lambda k: speeds[k][str(batch)])
+        for row in rows:
+            row['chosen'] = f'{row["format"]} {row["precision"]}' == chosen
+        result = results[chosen]
+        for file in result.files:
+            shutil.move(str(result.out / file), str(tmp / file))
+        metadata = result.metadata
+        metadata['auto'] = {'batch': batch, 'chosen': chosen, 'table': rows, 'method': speed.METHOD,
+                            'threads': torch.get_num_threads()}
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
+    log(f'auto: kept {chosen} (fastest at batch {batch}) in {out}')
+    return ExportResult(Path(out).expanduser(), result.files, metadata)
+
+
+def auto_table(metadata: Dict[str, Any]) -> str:
+    """The ``auto`` table of an export's metadata as text: one row per candidate, images/s per timed batch."""
+    auto = metadata['auto']
+    batches = sorted({1, auto['batch']})
+    header = ['format', 'precision'] + [f'batch {b} img/s' for b in batches] + ['']
+    lines = [header]
+    for row in auto['table']:
+        speeds = row.get('images_per_s') or {}
+        lines.append([row['format'], row['precision']] + [f'{speeds[str(b)]:.1f}' if speeds else '-'
+                                                          for b in batches]
+                     + ['<- kept' if row['chosen'] else ('' if row['status'] == 'verified' else row['status'])])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return '\n'.join('  '.join(cell.ljust(w) if i < 2 else cell.rjust(w) if i < len(header) - 1 else cell
+                                for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines)
 
 
 @contextlib.contextmanager
@@ -465,9 +674,12 @@ def _form_text(model: nn.Module, fold: bool, exportable: nn.Module) -> str:
     from .form import PAD_CHANNELS, GhostBottleneckPadded, _holds_ghost_blocks
 
     if fold and isinstance(model, GhostNet):
+        text = 'timm-ghost deploy (BN folded)'
         if any(isinstance(m, GhostBottleneckPadded) for m in exportable.modules()):
-            return f'timm-ghost deploy (BN folded), feature maps padded to multiples of {PAD_CHANNELS} channels'
-        return 'timm-ghost deploy (BN folded)'
+            text += f', feature maps padded to multiples of {PAD_CHANNELS} channels'
+        if any(getattr(m, 'gate_in_expand', False) for m in exportable.modules()):
+            text += ', SE gates folded into their convs'
+        return text
     if fold and _holds_ghost_blocks(model):
         return 'eval module, its timm-ghost blocks in deploy form (BN folded)'
     return 'eval model as given'

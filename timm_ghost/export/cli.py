@@ -1,10 +1,10 @@
-"""``timm-ghost export MODEL OUT --format onnx|openvino|executorch [--precision fp32|bf16|int8 --calib DIR]``."""
+"""``timm-ghost export MODEL OUT --format onnx|openvino|executorch|auto [--precision fp32|bf16|int8|auto]``."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from .api import FORMATS, PRECISIONS
+from .api import AUTO, FORMATS, PRECISIONS
 
 _EPILOG = """runtime packages (optional extras, not installed with timm-ghost):
   onnx        ONNX + ONNX Runtime       pip install "timm-ghost[onnx]"        (onnx, onnxscript, onnxruntime)
@@ -15,26 +15,47 @@ _EPILOG = """runtime packages (optional extras, not installed with timm-ghost):
 precisions: fp32 (every format; logits verified within 1e-4 of the eval-mode model at batch 1 and 3),
 bf16 (openvino on CPUs with native bf16; within 5% of the largest logit), int8 (every format; needs --calib,
 static post-training quantization with the runtime's own tool, top-1 agreement with fp32 checked on held-out
-images of --calib, at least 32 of them). OUT gets the artifact and export.json (preprocessing, labels, runtime,
-verification). Quiet by default: the result and its numbers only (--verbose for the steps and the runtimes' output)."""
+images of --calib, at least 32 of them). An int8 export is also timed against fp32 on this CPU at batch 1 and
+--max-batch: the speeds go into export.json, and one warning line says so where int8 is the slower.
+
+--format auto (every installed runtime) and / or --precision auto (fp32 and int8, bf16 where the CPU has it; needs
+--calib): every candidate built and verified, timed here at batch 1 and --batch, the fastest at --batch kept in OUT
+and the table of all printed and recorded in export.json.
+
+OUT gets the artifact and export.json (preprocessing, labels, runtime, verification). Quiet by default: the result
+and its numbers only (--verbose for the steps and the runtimes' output)."""
 
 
 def _cmd_export(args: Any) -> int:
     from .._io import check_output_dir
     from ..predict import load_model
-    from .api import export_model, require_runtime
+    from .api import auto_table, export_model, require_runtime
 
-    require_runtime(args.format)  # before loading weights: a missing extra is the first thing to say
+    if args.format != AUTO:
+        require_runtime(args.format)  # before loading weights: a missing extra is the first thing to say
+    if args.precision == AUTO and args.calib is None:
+        raise ValueError('--precision auto needs --calib DIR: it compares fp32 with int8, which calibrates on those '
+                         'images')
     check_output_dir(args.out, args.force)
     model, source = load_model(args.model, args.weights, args.tag)
     result = export_model(
         model, args.out, args.format, args.precision, calib=args.calib, calib_size=args.calib_size,
         min_agreement=args.min_agreement, img_size=args.img_size, fold=not args.no_fold,
-        max_batch=args.max_batch, force=args.force, model_name=args.model, weights_source=source,
-        verbose=args.verbose, log=print if args.verbose else lambda msg: None)
+        max_batch=args.max_batch, batch=args.batch, speed_check=not args.no_speed_check, force=args.force,
+        model_name=args.model, weights_source=source, verbose=args.verbose, progress=True,
+        log=print if args.verbose else lambda msg: None)
+    meta = result.metadata
+    if 'auto' in meta:
+        print(f'fastest verified export on this CPU at batch {meta["auto"]["batch"]}: {meta["auto"]["chosen"]}')
+        print(auto_table(meta))
     if not args.verbose:
         print(f'wrote {result.out}: {", ".join(result.files)}')
-    v = result.metadata['verification']
+    if 'speed' in meta:
+        sp = meta['speed']
+        print(f'{meta["format"]} int8 vs fp32 on this CPU: ' + ', '.join(
+            f'batch {b}: {sp["images_per_s"]["int8"][b]:.0f} vs {sp["images_per_s"]["fp32"][b]:.0f} images/s '
+            f'({r:.2f}x)' for b, r in sp['int8_vs_fp32'].items()))
+    v = meta['verification']
     if 'max_abs_diff' in v:
         print('max |logit diff| vs eval-mode PyTorch: ' + ', '.join(
             f'batch {b}: {d:.2e}' for b, d in v['max_abs_diff'].items()) + (
@@ -56,8 +77,10 @@ def register_cli(sub: Any) -> None:
                    help='ghostnet_050 / ghostnet_100 / ghostnet_130 (with --tag or --weights), or hf-hub:ID / '
                         'local-dir:PATH')
     p.add_argument('out', metavar='OUT', help='output folder (new or empty; see --force)')
-    p.add_argument('--format', required=True, choices=FORMATS, help='target runtime')
-    p.add_argument('--precision', default='fp32', choices=PRECISIONS, help='default fp32')
+    p.add_argument('--format', required=True, choices=FORMATS + (AUTO,),
+                   help='target runtime (auto: the fastest verified one installed, timed here)')
+    p.add_argument('--precision', default='fp32', choices=PRECISIONS + (AUTO,),
+                   help='default fp32 (auto: the fastest verified one, timed here; needs --calib)')
     p.add_argument('--tag', default=None, help='pretrained tag of MODEL (e.g. in1k)')
     p.add_argument('--weights', '--checkpoint', dest='weights', default=None, metavar='PATH',
                    help='local weights: a .safetensors / .pth file, or a folder with model.safetensors + config.json')
@@ -69,6 +92,10 @@ def register_cli(sub: Any) -> None:
                    help='int8: least top-1 agreement with fp32 on held-out images (default 0.9)')
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained cfg)")
     p.add_argument('--max-batch', type=int, default=32, help='executorch: largest batch size (default 32; at least 17)')
+    p.add_argument('--batch', type=int, default=1, metavar='N',
+                   help='auto: the batch size the fastest is chosen at (default 1; batch 1 is timed too)')
+    p.add_argument('--no-speed-check', action='store_true',
+                   help='int8: skip timing it against fp32 on this CPU (an fp32 build and a few seconds)')
     p.add_argument('--no-fold', action='store_true', help='export the eval model as it is, not the deploy form')
     p.add_argument('--force', action='store_true', help='replace a non-empty OUT')
     p.add_argument('--verbose', action='store_true',

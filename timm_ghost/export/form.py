@@ -64,6 +64,22 @@ class GhostBottleneckExport(nn.Module):
             self.se_reduce_b = conv1x1(reduce.weight[:, half:], None)
             self.se_expand_a = conv1x1(expand.weight[:half], expand.bias[:half] if expand.bias is not None else None)
             self.se_expand_b = conv1x1(expand.weight[half:], expand.bias[half:] if expand.bias is not None else None)
+        self.gate_in_expand = False
+
+    def fold_gate_(self) -> None:
+        """Fold the SE gate's hard sigmoid, ``clamp(x / 6 + 1 / 2, 0, 1)``, into the expand convs: they are scaled by
+        1/6 and shifted by 1/2, leaving ``clamp(., 0, 1)``, which quantizers fuse into the conv (a Clip after
+        QLinearConv) where a HardSigmoid stays a float node between a dequantize and a quantize. Same function."""
+        if self.se_expand_a is None or self.gate_in_expand:
+            return
+        for conv in (self.se_expand_a, self.se_expand_b):
+            bias = conv.bias.data if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+            conv.weight.data = conv.weight.data / 6
+            conv.bias = nn.Parameter(bias / 6 + 0.5, requires_grad=False)
+        self.gate_in_expand = True
+
+    def _gate(self, conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(conv(h), 0, 1) if self.gate_in_expand else F.hardsigmoid(conv(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.relu(self.primary1(x))
@@ -73,8 +89,8 @@ class GhostBottleneckExport(nn.Module):
             b = self.dw_cheap(b)
         if self.se_reduce_a is not None:
             h = F.relu(self.se_reduce_a(a.mean((2, 3), keepdim=True)) + self.se_reduce_b(b.mean((2, 3), keepdim=True)))
-            a = a * F.hardsigmoid(self.se_expand_a(h))
-            b = b * F.hardsigmoid(self.se_expand_b(h))
+            a = a * self._gate(self.se_expand_a, h)
+            b = b * self._gate(self.se_expand_b, h)
         c = self.primary2_a(a) + self.primary2_b(b)
         y = torch.cat([c, self.cheap2(c)], dim=1)
         if self.shortcut_dw is not None and self.shortcut_pw is not None:
@@ -178,7 +194,10 @@ class GhostBottleneckPadded(nn.Module):
             self.shortcut_pw = remap_conv(block.shortcut_pw, lin, lout)
         elif not torch.equal(lin, lout):
             raise ValueError('a Ghost bottleneck adding its input back needs the same channel layout in and out')
+        self.gate_in_expand = False
 
+    fold_gate_ = GhostBottleneckExport.fold_gate_
+    _gate = GhostBottleneckExport._gate
     forward = GhostBottleneckExport.forward
 
 
@@ -226,7 +245,7 @@ def pad_channels(model: nn.Module, align: int = PAD_CHANNELS) -> nn.Module:
 
 
 @torch.no_grad()
-def export_form(model: nn.Module, fold: bool = True, pad: Optional[int] = None) -> nn.Module:
+def export_form(model: nn.Module, fold: bool = True, pad: Optional[int] = None, fold_gates: bool = False) -> nn.Module:
     """A copy of ``model`` in eval mode, shaped for exporters and quantizers (see the module docstring).
 
     With ``fold`` a timm-ghost GhostNet becomes its deploy model (``timm.utils.reparameterize_model``: BatchNorm
@@ -235,8 +254,9 @@ def export_form(model: nn.Module, fold: bool = True, pad: Optional[int] = None) 
     ``features_only`` GhostNet, a network with a GhostNet encoder, folded already or not) gets the same treatment,
     except that the stem copy stays a plain copy (such models hand the stem map out as a feature). ``pad``: a
     GhostNet classifier's feature maps padded to multiples of ``pad`` channels instead (:func:`pad_channels`; the
-    ONNX Runtime exports' form); other modules are not padded (their feature maps are outputs). Other modules, or
-    ``fold=False``, are copied as they are. Same input and output as ``model``.
+    ONNX Runtime exports' form); other modules are not padded (their feature maps are outputs). ``fold_gates``: each
+    SE gate's hard sigmoid folded into its expand conv (:meth:`GhostBottleneckExport.fold_gate_`; the ONNX Runtime
+    int8 form). Other modules, or ``fold=False``, are copied as they are. Same input and output as ``model``.
     """
     from timm.utils import reparameterize_model
 
@@ -258,4 +278,8 @@ def export_form(model: nn.Module, fold: bool = True, pad: Optional[int] = None) 
                 setattr(module, name, nn.Identity() if classifier else _StemCopy())
             elif isinstance(child, GhostBottleneckDeploy):
                 setattr(module, name, GhostBottleneckExport(child))
+    if fold_gates:
+        for module in out.modules():
+            if isinstance(module, (GhostBottleneckExport, GhostBottleneckPadded)):
+                module.fold_gate_()
     return out
