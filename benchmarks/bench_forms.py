@@ -259,17 +259,44 @@ def run(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> Dic
     nodes = {name: _ort_nodes(path) for name, path in paths.items()}
 
     int8: Dict[str, Path] = {}
+    int8_errors: Dict[str, str] = {}
     ov_int8: Dict[str, Any] = {}
     if args.int8:
         import nncf
+        from onnxruntime.quantization import QuantFormat, QuantType
 
         calib = [np.random.default_rng(i).standard_normal((8, 3, size, size)).astype(np.float32) for i in range(4)]
-        names = _excluded(paths['padded16'])  # ONNX Runtime's shipped form
-        for key, exclude in (('int8', []), ('int8_float_dw', names['depthwise']),
-                             ('int8_float_dw_se', names['depthwise'] + names['se'])):
+        # the SE gates' hard sigmoids folded into their expand convs: what ONNX Runtime's int8 exports quantize
+        for name, pad in (('gated16', PAD_CHANNELS), ('gated', None)):
+            form = export_form(model, pad=pad, fold_gates=True)
+            with torch.no_grad():
+                exactness[name] = float((form(example) - reference).abs().max())
+            if not exactness[name] <= 1e-4:
+                raise RuntimeError(f'form {name}: max |logit diff| {exactness[name]:.3g} > 1e-4')
+            paths[name] = work / f'{name}.onnx'
+            _onnx(form, example, paths[name])
+        names = _excluded(paths['gated16'])
+        variants = {  # key: (fp32 form, quantize() keywords)
+            'int8_qdq_old': ('padded16', {'pools': False}),  # the export before: gates and means left in float
+            'int8': ('gated16', {}),  # shipped: export_model's ONNX Runtime int8
+            'int8_qoperator': ('gated16', {'quant_format': QuantFormat.QOperator}),  # QLinear* ops, NHWC path
+            'int8_u8u8': ('gated16', {'weight_type': QuantType.QUInt8}),
+            'int8_per_tensor': ('gated16', {'per_channel': False}),
+            'int8_reduce_range': ('gated16', {'reduce_range': True}),
+            'int8_unpadded': ('gated', {}),
+            'int8_float_dw': ('gated16', {'exclude': names['depthwise']}),
+        }
+        for key, (base, settings) in variants.items():
             int8[key] = work / f'{key}.onnx'
-            quantize(paths['padded16'], int8[key], work, [torch.from_numpy(c) for c in calib], exclude)
-            log(f'quantized {key} for ONNX Runtime ({len(exclude)} nodes kept in float)')
+            try:
+                quantize(paths[base], int8[key], work, [torch.from_numpy(c) for c in calib], **settings)
+                _ort(int8[key], args.threads, True)
+            except Exception as e:  # a setting ONNX Runtime refuses is a row saying so, not the end of the run
+                int8_errors[key] = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+                del int8[key]
+                log(f'{key}: failed ({int8_errors[key]})')
+                continue
+            log(f'quantized {key} for ONNX Runtime (from {base})')
         nodes.update({key: _ort_nodes(path) for key, path in int8.items()})
         data = nncf.Dataset([image[None] for batch in calib for image in batch])
         for key, ignored in (('int8', None), ('int8_float_dw', nncf.IgnoredScope(types=['GroupConvolution']))):
@@ -283,6 +310,8 @@ def run(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> Dic
         fns: Dict[str, Callable[[], Any]] = {}
         rows: Dict[str, Dict[str, Any]] = {}
         for name, path in paths.items():
+            if name.startswith('gated'):
+                continue  # fp32 sources of the int8 rows (the same function as padded16 / export)
             for spin in (True, False):
                 session = _ort(path, args.threads, spin)
                 key = f'onnxruntime{"" if spin else " (no spinning)"} | {name}'
@@ -291,6 +320,8 @@ def run(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> Dic
             request = _ov(ov_models[name], batch, size, args.threads)
             fns[f'openvino | {name}'] = lambda r=request, x=x: r.infer([x])
             rows[f'openvino | {name}'] = {'runtime': 'openvino', 'form': name}
+        for name, error in int8_errors.items():
+            results.append({'runtime': 'onnxruntime', 'form': name, 'batch': batch, 'error': error})
         for name, path in int8.items():
             session = _ort(path, args.threads, True)
             fns[f'onnxruntime | {name}'] = lambda s=session, x=x: s.run(None, {'input': x})
@@ -321,9 +352,11 @@ def run(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> Dic
 def _ratios(results: List[Dict[str, Any]]) -> None:
     """Each row's speed against the baseline in the same runtime and batch; int8 rows also against the fp32 form
     the runtime's exports ship (ONNX Runtime: padded16, OpenVINO: export)."""
-    p50 = {(r['runtime'], r['form'], r['batch']): r['p50_ms'] for r in results}
+    p50 = {(r['runtime'], r['form'], r['batch']): r['p50_ms'] for r in results if 'error' not in r}
     shipped = {'onnxruntime': 'padded16', 'openvino': 'export'}
     for r in results:
+        if 'error' in r:
+            continue
         base = p50.get((r['runtime'], 'baseline', r['batch']))
         r['vs_baseline'] = round(base / r['p50_ms'], 3) if base else None
         if r['form'].startswith('int8'):
@@ -347,7 +380,7 @@ def plot(data: Dict[str, Any], path: Path) -> None:
         forms = list(dict.fromkeys(r['form'] for r in rows))
         width = 0.8 / len(runtimes)
         for i, runtime in enumerate(runtimes):
-            speed = {r['form']: r['images_per_s'] for r in rows if r['runtime'] == runtime}
+            speed = {r['form']: r.get('images_per_s', 0) for r in rows if r['runtime'] == runtime}
             ax.bar([j + i * width for j in range(len(forms))], [speed.get(f, 0) for f in forms], width, label=runtime)
         ax.set_xticks([j + width * (len(runtimes) - 1) / 2 for j in range(len(forms))], forms, rotation=30,
                       ha='right')

@@ -72,6 +72,15 @@ def inference_table(data: Dict[str, Any]) -> str:
         faults = r.get('page_fault_mb_per_call')
         lines.append(f'| {r["batch"]} | {r["label"]} | {r["img_per_s"]:.1f} | {r["p50_ms"]:.2f} | {r["p90_ms"]:.2f} '
                      f'| {ratio} | {r["gflops"]:.1f} | {share} | {"-" if faults is None else f"{faults:g}"} |')
+    compiles = [f'batch {r["batch"]} {r["compile_s"]:.1f} s' for r in data['results'] if r.get('compile_s')]
+    if compiles:
+        lines += ['', f'inference_model compile time on the first call (untimed above): {", ".join(compiles)}.']
+    goals = data.get('goals') or []
+    if goals:
+        lines += ['', 'PyTorch-native goal, inference_model / ONNX Runtime fp32 export (same run): ' + '; '.join(
+            f'batch {g["batch"]}: {g["ratio"]:.2f}x' + (
+                f' (goal {g["goal"]}x, {"met" if g["met"] else "missed"})' if g['goal'] is not None else '')
+            for g in goals) + '.']
     return '\n'.join(lines)
 
 
@@ -113,10 +122,14 @@ def summary(inference: Dict[str, Any], train: Dict[str, Any], export: Optional[D
         f'| | batch {lo} | batch {hi} |',
         '|---|---:|---:|',
     ]
-    for key in ('eager', 'deploy', 'deploy_compile', 'onnxruntime'):
+    for key in ('eager', 'deploy', 'deploy_compile', 'inference_model', 'onnxruntime_export', 'onnxruntime'):
         if (key, lo) in rows and (key, hi) in rows:
             lines.append(f'| {rows[key, lo]["label"]} | {rows[key, lo]["ratio_to_builtin"]:.2f}x '
                          f'| {rows[key, hi]["ratio_to_builtin"]:.2f}x |')
+    goals = {g['batch']: g for g in inference.get('goals', [])}
+    if lo in goals and hi in goals:
+        lines.append(f'| inference_model / ONNX Runtime export (goal {goals[lo]["goal"]}x / {goals[hi]["goal"]}x) '
+                     f'| {goals[lo]["ratio"]:.2f}x | {goals[hi]["ratio"]:.2f}x |')
     for r in train['results']:
         if r['key'] != 'builtin':
             lines.append(f'| training step (batch {r["batch"]}): speed / peak memory | '
@@ -279,6 +292,10 @@ def forms_table(data: Dict[str, Any]) -> str:
         '|---:|---|---|---:|---:|---:|',
     ]
     for r in data['results']:
+        if 'error' in r:
+            lines.append(f'| {r["batch"]} | {runtimes.get(r["runtime"], r["runtime"])} | {r["form"]} | - | '
+                         f'failed: {r["error"][:80]} | |')
+            continue
         ratio = f'{r["vs_baseline"]:.2f}x'
         if r.get('vs_baseline_no_spinning'):
             ratio += f' ({r["vs_baseline_no_spinning"]:.2f}x)'

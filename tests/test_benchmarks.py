@@ -61,8 +61,14 @@ def test_inference_short_run_writes_every_row(results):
     _check_common(data, 'inference')
     assert data['settings']['batch_sizes'] == [1] and data['settings']['compile']['backend'] == 'eager'
     rows = {r['key']: r for r in data['results']}
-    assert list(rows) == ['builtin', 'eager', 'fold', 'fold_cl', 'deploy', 'deploy_compile', 'onnxruntime',
-                          'mobilenetv3']
+    assert list(rows) == ['builtin', 'eager', 'fold', 'fold_cl', 'deploy', 'deploy_compile', 'inference_model',
+                          'onnxruntime', 'onnxruntime_export', 'mobilenetv3']
+    assert rows['inference_model']['backend'] == 'eager'  # --short: not compiled (the slow tests compile)
+    goals = data['goals']
+    assert [(g['batch'], g['goal']) for g in goals] == [(1, 0.8)]
+    assert goals[0]['ratio'] == pytest.approx(rows['onnxruntime_export']['p50_ms'] / rows['inference_model']['p50_ms'],
+                                              rel=0.01)
+    assert goals[0]['met'] == (goals[0]['ratio'] >= 0.8)
     for r in rows.values():
         assert r['batch'] == 1 and r['img_per_s'] > 0 and 0 < r['p50_ms'] <= r['p90_ms']
         assert r['gflops'] > 0 and 0 < r['peak_share'] < 1 and r['ratio_to_builtin'] > 0
@@ -76,12 +82,14 @@ def test_inference_short_run_writes_every_row(results):
     deploy_macs = count_macs(reparameterize_model(timm.create_model('ghostnet_100')), 64)
     assert rows['builtin']['macs_per_image'] == macs
     assert rows['deploy']['macs_per_image'] == rows['onnxruntime']['macs_per_image'] == deploy_macs
+    assert rows['inference_model']['macs_per_image'] == rows['onnxruntime_export']['macs_per_image'] == deploy_macs
     for key in ('eager', 'fold', 'fold_cl', 'deploy', 'deploy_compile'):
         assert rows[key]['macs_per_image'] == macs, key
     assert rows['mobilenetv3']['macs_per_image'] == count_macs(timm.create_model('mobilenetv3_large_100'), 64)
     # every GhostNet row computes the built-in's function with the same weights
-    for key in ('eager', 'fold', 'fold_cl', 'deploy', 'deploy_compile', 'onnxruntime'):
-        assert rows[key]['max_abs_diff_to_builtin'] <= 1e-4
+    for key in ('eager', 'fold', 'fold_cl', 'deploy', 'deploy_compile', 'inference_model', 'onnxruntime',
+                'onnxruntime_export'):
+        assert rows[key]['max_abs_diff_to_builtin'] <= 1e-4, key
     assert rows['mobilenetv3']['max_abs_diff_to_builtin'] is None
     _check_png(results / 'inference.png')
 

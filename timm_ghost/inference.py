@@ -33,7 +33,7 @@ __all__ = ['inference_model', 'InferenceModel', 'DeferredInferenceModel', 'INDUC
 
 # inductor's options for the compiled CPU model, each kept because it measured faster (bench_inference.py's
 # 'native' rows): freezing turns weights into constants and prepacks them for oneDNN (conv + ReLU fused)
-INDUCTOR_OPTIONS: Dict[str, Any] = {'freezing': True}
+INDUCTOR_OPTIONS: Dict[str, Any] = {'freezing': True, 'cpp_wrapper': True}
 
 Shape = Tuple[Tuple[int, ...], str, torch.dtype]
 
