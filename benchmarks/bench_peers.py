@@ -38,7 +38,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from bench_export import FORMAT_LABELS, _quiet, _runtime_versions, profile_onnxruntime, profile_openvino
+from bench_export import FORMAT_LABELS as EXPORT_LABELS
+from bench_export import _quiet, _runtime_versions, profile_onnxruntime, profile_openvino
 from benchlib import (
     gpu_section,
     interleaved_latencies,
@@ -93,7 +94,9 @@ BASELINE = 'baseline'  # the --models name of the baseline row
 BASELINE_KEY = 'ghostnet_100_baseline'
 BASELINE_LABEL = "ghostnet_100, timm's legacy ONNX export"
 BASELINE_FORMATS = {'onnx': ('fp32', 'int8'), 'openvino': ('fp32',)}
-FORMATS = ('onnx', 'openvino', 'executorch')
+FORMATS = ('onnx', 'openvino', 'executorch', 'torch')
+NATIVE = 'torch'  # PyTorch itself: every model through timm_ghost.inference_model (fold, channels_last, inductor)
+FORMAT_LABELS = {**EXPORT_LABELS, NATIVE: 'PyTorch inference_model'}
 PRECISIONS = ('fp32', 'int8')
 SHORT_MODELS = ('ghostnet_100', 'mobilenetv3_small_100', BASELINE)
 TOP1_GOAL = 79.0  # goal (d): the fastest model at this published top-1 or above should be ghostnet_130
@@ -228,12 +231,37 @@ def _silenced() -> Iterator[None]:
         yield
 
 
+def _native(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` through ``timm_ghost.inference_model`` (the same treatment for GhostNet and its peers: timm's
+    ``reparameterize_model``, channels_last, inductor with ``INDUCTOR_OPTIONS``; not compiled with --short), compiled
+    and checked against the eval model here at every batch size (max |logit diff| in ``verification``), so that the
+    timing's warm-up calls compile nothing."""
+    from timm_ghost import inference_model
+    from timm_ghost.inference import compile_report
+
+    native = inference_model(model, compile=not args.short)
+    diffs, gen = {}, torch.Generator().manual_seed(0)
+    for batch in args.batch_sizes:
+        x = torch.randn(batch, 3, args.img_size, args.img_size, generator=gen)
+        with torch.no_grad():
+            diffs[str(batch)] = float((native(x) - model(x)).abs().max())
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return native(torch.from_numpy(x)).numpy()
+
+    run.verification = {'max_abs_diff': diffs, 'backend': compile_report(native)}  # type: ignore[attr-defined]
+    return run
+
+
 def available_formats(formats: Sequence[str], log: Callable[[str], None]) -> List[str]:
     """``formats`` whose runtime is installed; each missing one is named with what to install."""
     from timm_ghost.export import require_runtime
 
     out = []
     for fmt in formats:
+        if fmt == NATIVE:
+            out.append(fmt)
+            continue
         try:
             require_runtime(fmt)
         except ImportError as e:
@@ -256,6 +284,8 @@ def run_group(fmt: str, precision: str, rows: List[Dict[str, Any]], models: Dict
 
     fns: Dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     dirs: Dict[str, Path] = {}
+    if fmt == NATIVE and precision != 'fp32':
+        return  # inference_model is fp32
     rows = [r for r in rows if r['route'] == 'export' or precision in BASELINE_FORMATS.get(fmt, ())]
     log(f'{FORMAT_LABELS[fmt]} {precision}: exporting {len(rows)} rows ...')
     for row in rows:
@@ -263,7 +293,10 @@ def run_group(fmt: str, precision: str, rows: List[Dict[str, Any]], models: Dict
         out = workdir / f'{fmt}_{precision}_{key}'
         start = time.time()
         try:
-            if row['route'] == 'baseline':
+            if fmt == NATIVE:
+                fns[key] = _native(models[name], args)
+                verification, runtime = fns[key].verification, {'name': 'torch', 'version': torch.__version__}
+            elif row['route'] == 'baseline':
                 built = build_baseline(reparameterize_model(models[name]), fmt, precision, out, calib, args)
                 fns[key], dirs[key], verification = built['fn'], out, built['verification']
                 runtime = {'name': runtime_for(fmt).RUNTIME, 'version': runtime_for(fmt).version()}
@@ -273,7 +306,8 @@ def run_group(fmt: str, precision: str, rows: List[Dict[str, Any]], models: Dict
                 result = export_model(
                     model, out, fmt, precision, calib=calib if precision == 'int8' else None,
                     calib_size=args.calib_size, holdout_size=args.holdout_size, min_agreement=0.0,
-                    img_size=args.img_size, fold=ghost, max_batch=max(max(args.batch_sizes), 3))
+                    img_size=args.img_size, fold=ghost, max_batch=max(max(args.batch_sizes), 3),
+                    speed_check=False)  # timed here, side by side
                 fns[key], dirs[key] = load_export(out, threads=args.threads), out
                 verification, runtime = result.metadata['verification'], result.metadata['runtime']
         except (ExportError, BaselineError) as e:  # one model failing leaves the rest of a long run standing
@@ -346,8 +380,9 @@ def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
         _ratio_goal(f'ghostnet_100 / mobilenetv3_large_100, {FORMAT_LABELS[fmt]} fp32 batch 1 > 1.0', results,
                     ('ghostnet_100', fmt, 'fp32', 1), ('mobilenetv3_large_100', fmt, 'fp32', 1), 1.0, strict=True)
         for fmt in ('onnx', 'openvino')]
-    int8 = [_ratio_goal('ghostnet_100 int8 / fp32, ONNX Runtime batch 1 >= 1.5', results,
-                        ('ghostnet_100', 'onnx', 'int8', 1), ('ghostnet_100', 'onnx', 'fp32', 1), 1.5)]
+    int8 = [_ratio_goal(f'ghostnet_100 int8 / fp32, {FORMAT_LABELS[fmt]} batch {batch} >= {goal}', results,
+                        ('ghostnet_100', fmt, 'int8', batch), ('ghostnet_100', fmt, 'fp32', batch), goal)
+            for fmt, goal in (('onnx', 1.3), ('openvino', 1.5), ('executorch', 1.5)) for batch in (1, 32)]
     fastest = []
     groups = sorted({(r['format'], r['precision'], r['batch']) for r in results},
                     key=lambda g: (FORMATS.index(g[0]), PRECISIONS.index(g[1]), g[2]))

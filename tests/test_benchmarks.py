@@ -113,7 +113,7 @@ def test_report_renders_both_tables_and_rewrites_between_markers(results, tmp_pa
     res = _run('report.py', *args)
     assert res.returncode == 0, res.stderr
     table = res.stdout
-    assert table.count('\n| 1 | ') == 8 and table.count('\n| 2 | ') == 2
+    assert table.count('\n| 1 | ') == 10 and table.count('\n| 2 | ') == 2
     assert 'short smoke run' in table and '| batch | model | img/s | p50 ms | p90 ms | vs built-in |' in table
     doc = tmp_path / 'README.md'
     doc.write_text('# t\n<!-- benchmark-tables:start -->\nstale table\n<!-- benchmark-tables:end -->\nafter\n')
@@ -238,13 +238,30 @@ def test_peers_short_run_writes_every_row_and_the_goals(peers):
     assert onnx_vs_base['met'] == (onnx_vs_base['ratio'] >= 1.3)
     assert ov_vs_base['ratio'] is None and ov_vs_base['met'] is None
     assert [x['met'] for x in g['ghostnet_100_vs_mobilenetv3_large_100']] == [None, None]
-    (int8,) = g['int8_vs_fp32']
+    int8 = g['int8_vs_fp32'][0]  # ONNX Runtime batch 1; the other runtimes and batch 32 are not in the short run
+    assert [x['ratio'] is None for x in g['int8_vs_fp32']] == [False, True, True, True, True, True]
     assert int8['ratio'] == pytest.approx(speed['int8', 'ghostnet_100'] / speed['fp32', 'ghostnet_100'], abs=1e-3)
     assert [(x['precision'], x['fastest'], x['met']) for x in g['fastest_at_79']] == [('fp32', None, None),
                                                                                      ('int8', None, None)]
-    assert 'summary: ghostnet_100 int8 / fp32, ONNX Runtime batch 1 >= 1.5: ' in stdout
+    assert 'summary: ghostnet_100 int8 / fp32, ONNX Runtime batch 1 >= 1.3: ' in stdout
     _check_png(out / 'peers_onnx.png')
     assert not (out / 'peers.png').exists()
+
+
+def test_peers_native_group_gives_every_model_the_same_inference_model(tmp_path):
+    """The PyTorch group (``--formats torch``): GhostNet and its peers alike through timm_ghost.inference_model
+    (not compiled in a short run), each checked against its eval model, fp32 only, no baseline row."""
+    res = _run('bench_peers.py', '--short', '--threads', '1', '--formats', 'torch', '--out', str(tmp_path / 'p.json'))
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / 'p.json').read_text())
+    assert data['settings']['formats'] == ['torch'] and data['settings']['format_labels']['torch'] == (
+        'PyTorch inference_model')
+    assert sorted((r['precision'], r['key']) for r in data['results']) == [
+        ('fp32', 'ghostnet_100'), ('fp32', 'mobilenetv3_small_100')]
+    assert all(r['img_per_s'] > 0 for r in data['results'])
+    for key in ('ghostnet_100', 'mobilenetv3_small_100'):
+        v = data['exports'][f'torch_fp32_{key}']['verification']
+        assert v['max_abs_diff']['1'] <= 1e-4 and v['backend'] == ['backend: eager (compile=False)'], key
 
 
 def _front(data: dict, precision: str) -> set:
@@ -301,7 +318,7 @@ def test_peers_goals_are_ratios_of_the_rows_they_name():
     onnx, ov = g['export_vs_baseline']
     assert (onnx['ratio'], onnx['met'], ov['ratio'], ov['met']) == (1.3, True, None, None)
     assert [(x['ratio'], x['met']) for x in g['ghostnet_100_vs_mobilenetv3_large_100']] == [(1.0, False), (None, None)]
-    assert [(x['ratio'], x['met']) for x in g['int8_vs_fp32']] == [(round(400 / 260, 3), True)]
+    assert [(x['ratio'], x['met']) for x in g['int8_vs_fp32']][:2] == [(round(400 / 260, 3), True), (None, None)]
     assert [(x['format'], x['precision'], x['batch'], x['fastest'], x['next'], x['margin'], x['met'])
             for x in g['fastest_at_79']] == [
         ('onnx', 'fp32', 1, 'ghostnet_130', 'mobilenetv4_conv_medium', 1.5, True),
@@ -333,7 +350,7 @@ def test_report_renders_the_peers_tables_and_readme_line(peers, tmp_path):
         assert f'| {r["top1"]:.1f} | {data["models"][r["model"]]["macs"] / 1e6:.0f} M | {r["img_per_s"]:.1f} ' \
                f'| {speed[key]:.1f} |' in tables, key
     ratio = data['summary']['int8_vs_fp32'][0]['ratio']
-    assert f'- ghostnet_100 int8 / fp32, ONNX Runtime batch 1 >= 1.5: {ratio:.2f}x (' in tables
+    assert f'- ghostnet_100 int8 / fp32, ONNX Runtime batch 1 >= 1.3: {ratio:.2f}x (' in tables
     assert '- ONNX Runtime fp32 batch 1: no model at >= 79 % top-1 in this run (not measured)' in tables
     assert '- mobilenetv3_small_100.lamb_in1k: 67.636, timm\'s results/results-imagenet.csv' in tables
     line = readme.read_text().split('<!-- peers-summary:start -->\n')[1].split('<!-- peers-summary:end -->')[0]
