@@ -373,3 +373,16 @@ def test_bad_peers_arguments_are_refused_with_the_option_named(option, value, tm
     res = _run('bench_peers.py', '--short', '--out', str(tmp_path / 'peers.json'), option, value, timeout=120)
     what = f'unknown {value!r}' if value else 'empty'
     assert res.returncode == 2 and f'{option}: {what}; expected a comma-separated subset of ' in res.stderr
+
+
+def test_compile_options_short_run_times_each_variant_against_freezing(tmp_path):
+    res = _run('bench_compile.py', '--short', '--threads', '1', '--out', str(tmp_path / 'compile.json'))
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / 'compile.json').read_text())
+    _check_common(data, 'compile')
+    rows = {r['variant']: r for r in data['results']}
+    assert sorted(rows) == ['freezing', 'no freezing'] and rows['freezing']['vs_freezing'] == 1.0
+    for r in rows.values():
+        assert r['batch'] == 1 and r['img_per_s'] > 0 and r['compile_s'] > 0 and r['max_abs_diff'] <= 1e-4
+        assert r['backend'] == 'inductor'
+    _check_png(tmp_path / 'compile.png')
