@@ -53,6 +53,41 @@ def test_compiled_model_equals_the_eval_model_at_every_width(name):
     assert compile_report(fast)[1].startswith('compiled 2x3x64x64 in ')
 
 
+def test_weights_are_frozen_into_the_compiled_graph():
+    """freezing is in force while dynamo traces: the compiled model holds the weights as constants, so changing the
+    module's weight afterwards changes the eager output and not the compiled one."""
+    model = randomize_(timm.create_model('ghostnet_050')).eval()
+    fast = timm_ghost.inference_model(model, batch_size=2, img_size=64)
+    before = fast(X64)
+    with torch.no_grad():
+        fast.model.conv_head.weight.mul_(2.0)
+    assert fast.backend == 'inductor' and _diff(fast(X64), before) == 0.0
+    assert _diff(fast.model(X64), before) > 1e-2
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).relu().mean((2, 3))
+
+
+def test_more_models_than_dynamos_recompile_limit_all_compile():
+    """Each model a process compiles is a recompile of the same forward code (frozen weights are guarded by
+    identity); past dynamo's default limit of 8 it would run eager while reporting inductor."""
+    x = torch.randn(1, 3, 8, 8)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        model = _Tiny().eval()
+        fast = timm_ghost.inference_model(model)
+        out = fast(x)
+        with torch.no_grad():
+            fast.model.conv.weight.zero_()  # frozen into the graph: only eager would now give the bias alone
+        assert fast.backend == 'inductor' and _diff(fast(x), out) == 0.0 and _diff(fast.model(x), out) > 0, seed
+
+
 def test_features_only_maps_equal_the_eval_model():
     """Feature 0 is the stem conv's raw output (timm's tap): its norm stays unfolded so that map stays exact."""
     model = randomize_(timm.create_model('ghostnet_100', features_only=True))

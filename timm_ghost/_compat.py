@@ -7,9 +7,10 @@ model needs the first group at import; the rest are imported lazily by the funct
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
 
 import timm
 import torch
@@ -17,6 +18,7 @@ import torch
 __all__ = [
     'SqueezeExcite', 'feature_take_indices', 'pretrained_cfg_for_features', 'resolve_pretrained_source',
     'generate_readme', 'http_get', 'onednn_ops', 'disable_onednn', 'executorch_reset_threadpool', 'is_compiling',
+    'compile_config',
 ]
 
 _TESTED_TIMM = '1.0.31'
@@ -88,6 +90,28 @@ def executorch_reset_threadpool() -> Callable[[int], None]:
     the thread count, which benchmarks need to match the other runtimes'."""
     return _private('executorch.extension.pybindings.portable_lib', '_unsafe_reset_threadpool',
                     why="the thread count of ExecuTorch's XNNPACK threadpool", since='0.4', package='executorch')
+
+
+def compile_config(options: Dict[str, Any], recompile_limit: int = 64) -> ContextManager[Any]:
+    """torch's compiler settings for the duration of one compile: inductor's config patched with ``options``, and
+    dynamo told to raise where it would quietly run eager.
+
+    ``torch.compile(options=...)`` hands options to inductor only when the graph reaches it, which is too late for
+    ``freezing``: dynamo decides at trace time, from the global ``torch._inductor.config.freezing``, whether
+    parameters are frozen constants (torch 2.14: ``torch._dynamo.utils.is_parameter_freezing``), so
+    ``options={'freezing': True}`` alone freezes nothing. Frozen parameters are guarded by identity, so every model a
+    process compiles is a recompile of the same ``forward`` code; past dynamo's ``recompile_limit`` (8 in torch 2.14)
+    the next model silently runs eager. Here the limit is ``recompile_limit`` and hitting it raises, so the caller can
+    say so. Neither config module has a public form; ``config.patch`` is the context manager torch's own tests use."""
+    inductor = _private('torch._inductor', 'config', why="inductor's settings (freezing must be set while dynamo "
+                        'traces)', since='2.0', package='torch')
+    dynamo = _private('torch._dynamo', 'config', why="dynamo's recompile limit (raise instead of running eager)",
+                      since='2.0', package='torch')
+    limits = {'recompile_limit': max(recompile_limit, dynamo.recompile_limit), 'fail_on_recompile_limit_hit': True}
+    stack = contextlib.ExitStack()
+    stack.enter_context(inductor.patch(options))
+    stack.enter_context(dynamo.patch(**{k: v for k, v in limits.items() if hasattr(dynamo, k)}))
+    return stack
 
 
 _ONEDNN: Optional[Tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = None

@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ._compat import compile_config
+
 __all__ = ['inference_model', 'InferenceModel', 'DeferredInferenceModel', 'INDUCTOR_OPTIONS', 'compile_report']
 
 # inductor's options for the compiled CPU model, each kept because it measured faster (bench_inference.py's
@@ -119,9 +121,10 @@ class InferenceModel(nn.Module):
         expected = self.model(x)
         try:
             if self._compiled is None:
-                self._compiled = torch.compile(self.model, options=self.options, dynamic=False)
+                self._compiled = torch.compile(self.model, dynamic=False)
             start = time.perf_counter()
-            out = self._compiled(x)
+            with compile_config(self.options):  # while dynamo traces: freezing is decided there
+                out = self._compiled(x)
             seconds = time.perf_counter() - start
         except Exception as e:  # inductor raises many kinds (no compiler, a lowering it lacks ...): all mean eager
             self.fall_back(f'torch.compile failed ({_one_line(e)})')
