@@ -755,7 +755,7 @@ def client_main() -> None:
       ``digest`` of its state dict, ``num_classes``, ``hf_hub_id`` / ``url`` / ``file`` / ``architecture`` of its
       pretrained_cfg, or ``error_type`` /
       ``error``, ``seconds`` (the whole action) and ``fetch_seconds`` (resolving the weights: what the timeouts bound).
-    - ``{"cli": [args]}``: ``timm_ghost.cli.main(args)``; result ``ok`` (exit code 0), ``code`` and ``stdout``.
+    - ``{"cli": [args]}``: ``timm_ghost_cli.main(args)``; result ``ok`` (exit code 0), ``code`` and ``stdout``.
     - ``{"smp": arch, "encoder": "tu-NAME", "kwargs": {...}}``: ``segmentation_models_pytorch.<arch>(...)``; result
       ``digest`` of the encoder's state dict under timm's key names, its ``keys`` and ``hf_hub_id``.
     - ``{"env": {name: value or None}}``: set / unset environment variables read at call time (``HF_TOKEN``).

@@ -229,7 +229,7 @@ def test_fpn_backbone_loads_pretrained_weights_and_dilates(tmp_path):
 
 @pytest.fixture(scope='module')
 def scenes(tmp_path_factory):
-    from timm_ghost.dense_demo import DetectionScenes, SceneConfig, write_digit_scenes
+    from timm_ghost.scenes import DetectionScenes, SceneConfig, write_digit_scenes
     root = tmp_path_factory.mktemp('scenes') / 'data'
     write_digit_scenes(root, SceneConfig(canvas=96, min_size=20, max_size=40, train_scenes=4, val_scenes=2))
     data = DetectionScenes(root, 'train')

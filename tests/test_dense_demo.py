@@ -10,17 +10,12 @@ pytest.importorskip('segmentation_models_pytorch', reason="needs segmentation_mo
                                                           "'timm-ghost[dense]'")
 pytest.importorskip('pycocotools', reason="needs pycocotools: pip install 'timm-ghost[dense]'")
 
-from timm_ghost.cli import main  # noqa: E402
 from timm_ghost.demo import DemoConfig, run_demo  # noqa: E402
-from timm_ghost.dense_demo import (  # noqa: E402
-    DetectionScenes,
-    SceneConfig,
-    SegmentationScenes,
-    default_config,
-    run_detect_demo,
-    run_segment_demo,
-    write_digit_scenes,
-)
+from timm_ghost.dense_demo import default_config  # noqa: E402
+from timm_ghost.detect_demo import run_detect_demo  # noqa: E402
+from timm_ghost.scenes import DetectionScenes, SceneConfig, SegmentationScenes, write_digit_scenes  # noqa: E402
+from timm_ghost.segment_demo import run_segment_demo  # noqa: E402
+from timm_ghost_cli import main  # noqa: E402
 
 REDUCED_SCENES = dict(canvas=96, min_size=20, max_size=40, train_scenes=240, val_scenes=40)
 # floors of the reduced runs (batches of 8 on 240 scenes of 96 px, from a 2-epoch digits classifier)

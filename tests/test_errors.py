@@ -114,7 +114,7 @@ def folder(tmp_path_factory):
 
 
 def _predict_error(capsys, image, *args) -> str:
-    from timm_ghost.cli import main
+    from timm_ghost_cli import main
     assert main(['predict', str(image), *args]) == 1
     captured = capsys.readouterr()
     assert captured.out == '' and captured.err.count('\n') == 1  # one line, no traceback

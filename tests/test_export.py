@@ -22,7 +22,6 @@ import timm
 import torch
 from helpers import randomize_
 
-from timm_ghost.cli import main as cli_main
 from timm_ghost.export import (
     BF16_RTOL,
     FP32_ATOL,
@@ -33,6 +32,7 @@ from timm_ghost.export import (
     export_module,
     load_export,
 )
+from timm_ghost_cli import main as cli_main
 
 IMG = 64
 DIGITS_IMG = 32

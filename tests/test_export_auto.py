@@ -17,11 +17,11 @@ import timm
 import torch
 from helpers import randomize_
 
-from timm_ghost.cli import main as cli_main
 from timm_ghost.errors import MissingDependencyError
 from timm_ghost.export import export_model, load_export
 from timm_ghost.export import speed as speed_module
 from timm_ghost.export.api import speed_record
+from timm_ghost_cli import main as cli_main
 
 IMG = 64
 

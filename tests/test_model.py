@@ -132,33 +132,66 @@ def test_original_authors_checkpoint_layout_loads(name, tmp_path):
         assert (model(X64) - reference(X64)).abs().max().item() <= 1e-5
 
 
-def test_layers_depend_one_way_and_private_names_go_through_compat():
-    root = Path(timm_ghost.__file__).parent
-
-    def module_imports(module: str) -> set:
-        """What ``timm_ghost/<module>.py`` imports, relative imports resolved to ``timm_ghost.*`` names."""
-        path = root / f'{module.replace(".", "/")}.py'
-        path = path if path.is_file() else root / module.replace('.', '/') / '__init__.py'
-        package = ['timm_ghost', *module.split('.')][:-1] if path.name != '__init__.py' else \
-            ['timm_ghost', *module.split('.')]
+def _import_graph() -> dict:
+    """Every module of ``timm_ghost`` and ``timm_ghost_cli`` (the CLI, the demos, the export and paddle packages
+    included) and every name it imports anywhere in its code (functions too), relative imports resolved. A package
+    reached only for its submodules (``from . import ghostnet``) is not counted: importing a submodule always imports
+    its parents."""
+    root = Path(timm_ghost.__file__).parent.parent
+    files = {}
+    for pkg in ('timm_ghost', 'timm_ghost_cli'):
+        for path in sorted((root / pkg).rglob('*.py')):
+            parts = list(path.relative_to(root).with_suffix('').parts)
+            files['.'.join(parts[:-1] if parts[-1] == '__init__' else parts)] = path
+    graph = {}
+    for name, path in files.items():
+        package = name.split('.') if path.name == '__init__.py' else name.split('.')[:-1]
         names = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 base = package[:len(package) - node.level + 1] if node.level else []
                 parent = '.'.join(base + ([node.module] if node.module else []))
-                names.add(parent)
-                if node.level and node.module is None:  # from . import name
-                    names.update(f'{parent}.{alias.name}' for alias in node.names)
+                full = {f'{parent}.{alias.name}' for alias in node.names}
+                names.update(full & set(files) if full <= set(files) else full | {parent})
             elif isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'torch':
-                if node.attr == 'ops':
-                    names.add('torch.ops')
-        return names
+        graph[name] = names - {name}
+    return graph
 
+
+def test_every_module_imports_one_way():
+    """No import circle anywhere: the CLI, the demos and the export code depend downward only."""
+    import graphlib
+
+    graph = _import_graph()
+    assert {'timm_ghost.cli', 'timm_ghost_cli', 'timm_ghost.demo', 'timm_ghost.demo_cli', 'timm_ghost.dense_demo',
+            'timm_ghost.detect_demo', 'timm_ghost.segment_demo', 'timm_ghost.scenes', 'timm_ghost.export.api',
+            'timm_ghost.paddle.reader'} <= set(graph) and len(graph) >= 40
+    ours = {m: {n for n in names if n in graph} for m, names in graph.items()}
+    try:
+        order = list(graphlib.TopologicalSorter(ours).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f'import circle: {" -> ".join(e.args[1])}')
+    assert set(order) == set(graph)
+    # the entry point reaches the package only through cli.run; the library never reaches the entry point
+    assert ours['timm_ghost_cli'] == {'timm_ghost.cli'} and ours['timm_ghost.cli'] == {'timm_ghost.errors'}
+    assert not any('timm_ghost_cli' in names for m, names in ours.items() if m != 'timm_ghost_cli')
+    # the demos know nothing of their command line; the scenes nothing of the trainers
+    assert not any('timm_ghost.demo_cli' in names for names in ours.values())
+    assert ours['timm_ghost.scenes'] <= {'timm_ghost._io', 'timm_ghost.data'}
+    assert 'timm_ghost.dense_demo' not in ours['timm_ghost.demo']
+    for module, names in graph.items():  # another package's private names: only through _compat
+        private = sorted(n for n in names if not n.startswith(('timm_ghost', '__future__')) and any(
+            part.startswith('_') for part in n.split('.')))
+        assert not private, f'{module} reaches private names outside _compat: {private}'
+
+
+def test_layers_depend_one_way_and_private_names_go_through_compat():
+    graph = _import_graph()
     modules = ('arch', 'releases', 'errors', '_io', '_http', '_cache', 'fold', 'blocks', 'deploy', 'ghostnet', 'hub',
                'hub_download', 'paddle', 'paddle.reader', 'paddle.mapping', 'paddle.cache', 'paddle.card')
-    imports = {m: module_imports(m) for m in modules}
+    imports = {m: {n for n in graph[f'timm_ghost.{m}'] if n in graph or not n.startswith('timm_ghost')}
+               for m in modules}
     ours = {m: {n.removeprefix('timm_ghost.') for n in names if n.startswith('timm_ghost.')}
             for m, names in imports.items()}
     # the model: blocks -> fold, deploy -> blocks, ghostnet -> weights; never back

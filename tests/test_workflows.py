@@ -16,11 +16,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from timm_ghost import WIDTHS
-from timm_ghost.cli import main
 from timm_ghost.data import write_digits_imagefolder
 from timm_ghost.predict import load_model, predict_topk
 from timm_ghost.recipes import recipe_command, recipe_path
 from timm_ghost.testing import randomize_
+from timm_ghost_cli import main
 
 sklearn_datasets = pytest.importorskip('sklearn.datasets', reason='the digits data set ships with scikit-learn')
 
@@ -492,7 +492,7 @@ def test_entry_point_is_the_light_one_and_lists_every_command_as_registered():
     import re
 
     import timm_ghost_cli
-    from timm_ghost.cli import build_parser
+    from timm_ghost_cli import build_parser
     pyproject = (Path(__file__).resolve().parents[1] / 'pyproject.toml').read_text()
     scripts = pyproject.split('[project.scripts]\n', 1)[1].split('\n[', 1)[0]
     assert re.findall(r'^timm-ghost = "(.*?)"', scripts, re.M) == ['timm_ghost_cli:main']

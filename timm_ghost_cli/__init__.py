@@ -3,15 +3,17 @@
 ``import timm_ghost`` registers the models in timm's registry, which imports timm and torch (seconds); a module
 inside the package cannot be imported without that. This one imports nothing heavy: it declares the commands and
 answers ``timm-ghost``, ``timm-ghost --help`` and an unknown command itself, and hands every command to
-:func:`timm_ghost.cli.run`, which imports the command's module and builds its full parser.
+:func:`timm_ghost.cli.run` with the full parser (:func:`build_parser` imports the command modules, each exposing
+``register_cli(subparsers)`` beside the code it drives).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-__all__ = ['COMMANDS', 'DESCRIPTION', 'Command', 'top_parser', 'light_parser', 'main']
+__all__ = ['COMMANDS', 'DESCRIPTION', 'Command', 'top_parser', 'light_parser', 'build_parser', 'main']
 
 DESCRIPTION = 'GhostNet for timm: inspect, train, convert, publish and export ghostnet_050/100/130.'
 
@@ -24,7 +26,7 @@ class Command(NamedTuple):
 COMMANDS: Dict[str, Command] = {
     'info': Command('timm_ghost.models_info', 'table of the variants: params, MACs, pretrained tags, paper top-1'),
     'data': Command('timm_ghost.data', "write a real ImageFolder offline: scikit-learn's handwritten digits"),
-    'demo': Command('timm_ghost.demo',
+    'demo': Command('timm_ghost.demo_cli',
                     'the whole loop offline on real data: train ghostnet_050 on digits, save, reload, fuse, time'),
     'recipe': Command('timm_ghost.recipes',
                       "path of the paper's ImageNet recipe for train.py (-c) and the command line to run it"),
@@ -52,6 +54,14 @@ def light_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``timm-ghost`` parser with every command module's sub-commands (imports them: timm and torch)."""
+    parser, sub = top_parser()
+    for module in dict.fromkeys(command.module for command in COMMANDS.values()):
+        importlib.import_module(module).register_cli(sub)
+    return parser
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``timm-ghost``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -62,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from timm_ghost.cli import run
 
-    return run(argv)
+    return run(build_parser(), argv)
 
 
 if __name__ == '__main__':
