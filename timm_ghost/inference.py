@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import time
+import types
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -58,6 +59,18 @@ def _max_diff(a: Any, b: Any) -> float:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
+
+
+def _own_code(model: nn.Module) -> Any:
+    """``model``'s call as a function with a code object of its own. dynamo keeps what it compiled per code object,
+    guarded: an entry compiled elsewhere in the process for the same architecture (a plain ``torch.compile`` of
+    another GhostNet, whose weights are graph inputs) would match this model too and run unfrozen. Its own code object
+    gives each inference model its own entries (one per input shape) and its own recompile budget."""
+    def forward(x: Any) -> Any:
+        return model(x)
+
+    code = forward.__code__.replace(co_name=f'inference_model_{id(model):x}')
+    return types.FunctionType(code, forward.__globals__, code.co_name, None, forward.__closure__)
 
 
 class InferenceModel(nn.Module):
@@ -121,7 +134,7 @@ class InferenceModel(nn.Module):
         expected = self.model(x)
         try:
             if self._compiled is None:
-                self._compiled = torch.compile(self.model, dynamic=False)
+                self._compiled = torch.compile(_own_code(self.model), dynamic=False)
             start = time.perf_counter()
             with compile_config(self.options):  # while dynamo traces: freezing is decided there
                 out = self._compiled(x)
