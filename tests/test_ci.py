@@ -115,3 +115,13 @@ def test_conformance_check_fails_on_foreign_classes_new_skips_and_missing_passes
         'ghostnet_050: 1 tests passed, pinned 2 (pins.json)']
     assert run.check('ours', _counts(run, passed, failed=['t[ghostnet_050]']), ours, pins, []) == [
         'FAILED t[ghostnet_050]']
+
+
+def test_readme_is_at_most_200_lines_and_its_links_resolve():
+    """The README stays a front page (the docs carry the rest): at most 200 lines, every relative link a file here."""
+    text = (ROOT / 'README.md').read_text()
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r'\]\(((?!https?://)[^)#\s]+)(?:#[^)]*)?\)', text)
+    assert len(links) >= 8
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f'README.md links to files that do not exist: {missing}'
