@@ -13,6 +13,12 @@ JSON file and a PNG chart; ``benchmarks/report.py`` turns the JSON into the READ
 
     python benchmarks/bench_inference.py                 # full run (about 3 minutes on 2 cores)
     python benchmarks/bench_inference.py --short         # smoke run (seconds): every row, tiny sizes
+    python benchmarks/bench_inference.py --profile       # also: where inference_model's batch-1 call spends its time
+
+``--profile`` (batch 1, after the timed rounds) records in ``profiles``: torch.profiler's view of an
+``inference_model`` compiled with the same options but inductor's Python wrapper and kernel profiling on (so its
+oneDNN convolutions, GEMMs and generated kernels show as events), the oneDNN primitives' own execution time
+(``ONEDNN_VERBOSE``), and ONNX Runtime's per-operator profile of the export.
 """
 from __future__ import annotations
 
@@ -177,6 +183,81 @@ def _onnxruntime_row(deploy: torch.nn.Module, args: argparse.Namespace, workdir:
             'allow_spinning': False}
 
 
+def _onednn_exec_ms(fn: Callable[[], Any], calls: int) -> Dict[str, Any]:
+    """oneDNN's verbose log over ``calls`` calls of ``fn``: per primitive kind and implementation, how many
+    executions per call and their summed execution time (ms per call), read from the log oneDNN prints on stdout."""
+    import collections
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode='w+') as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                for _ in range(calls):
+                    fn()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        totals: Dict[str, List[float]] = collections.defaultdict(lambda: [0, 0.0])
+        for line in log:
+            f = line.strip().split(',')
+            if len(f) > 8 and f[0] == 'onednn_verbose' and f[3] == 'exec':
+                key = f'{f[5]} [{f[6]}]'
+                totals[key][0] += 1
+                totals[key][1] += float(f[-1])
+    return {'ms_per_call': round(sum(v[1] for v in totals.values()) / calls, 3),
+            'by_primitive': {k: {'count': round(v[0] / calls), 'ms_per_call': round(v[1] / calls, 3)}
+                             for k, v in sorted(totals.items(), key=lambda kv: -kv[1][1])}}
+
+
+def profile_native(ours: torch.nn.Module, args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
+    """Where inference_model's batch-1 call spends its time, beside ONNX Runtime's profile of the export."""
+    import collections
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from timm_ghost import inference_model
+    from timm_ghost.inference import INDUCTOR_OPTIONS
+
+    calls = 20
+    x = torch.randn(1, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(2))
+    options = {**INDUCTOR_OPTIONS, 'cpp_wrapper': False, 'cpp.enable_kernel_profile': True}
+    native = inference_model(ours, batch_size=1, img_size=args.img_size, options=options)
+    for _ in range(5):
+        native(x)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            native(x)
+    groups = {'oneDNN convolution (PyTorch op)': ('mkldnn::_convolution_pointwise',),
+              'GEMM (mkl linear)': ('mkl::_mkl_linear',), 'inductor C++ kernels': ('graph_',),
+              'graph call (Python wrapper)': ('## Call CompiledFxGraph',)}
+    totals: Dict[str, List[float]] = collections.defaultdict(lambda: [0, 0.0])
+    wall = 0.0
+    for e in prof.key_averages():
+        if e.key.startswith('Torch-Compiled Region'):
+            wall += e.cpu_time_total / 1e3
+        group = next((g for g, prefixes in groups.items() if e.key.startswith(prefixes)), 'other')
+        totals[group][0] += e.count
+        totals[group][1] += e.self_cpu_time_total / 1e3
+    torch_profile = {
+        'options': {k: v for k, v in options.items()}, 'backend': native.backend,
+        'ms_per_call': round(wall / calls, 3),
+        'by_group': {g: {'events': round(v[0] / calls), 'ms_per_call': round(v[1] / calls, 3)}
+                     for g, v in sorted(totals.items(), key=lambda kv: -kv[1][1])},
+        'onednn': _onednn_exec_ms(lambda: native(x), 5),
+    }
+    out = {'batch': 1, 'inference_model': torch_profile}
+    export_dir = workdir / 'export_onnx'
+    if export_dir.is_dir():
+        from bench_export import profile_onnxruntime
+        out['onnxruntime_export'] = profile_onnxruntime(export_dir, x.numpy(), args.threads)
+    return out
+
+
 def fault_mb_per_call(fn: Callable[[], Any], calls: int = 2) -> float:
     """MB of memory the process faulted in per call of ``fn`` (minor page faults x page size), after one warm call:
     fresh pages the allocator had to map, a cost that grows with the batch on top of the arithmetic."""
@@ -280,6 +361,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='torch.compile backend (default inductor; eager with --short, which checks the capture only)')
     p.add_argument('--model', default='ghostnet_100', choices=['ghostnet_050', 'ghostnet_100', 'ghostnet_130'])
     p.add_argument('--out', type=Path, default=RESULTS / 'inference.json', help='JSON result (a PNG beside it)')
+    p.add_argument('--profile', action='store_true',
+                   help="batch 1: where inference_model's time goes (torch.profiler, oneDNN's verbose log) beside "
+                        "ONNX Runtime's profile of the export")
     args = p.parse_args(argv)
     try:
         args.batch_sizes = parse_int_list(args.batch_sizes, '--batch-sizes')
@@ -307,6 +391,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = build_rows(args, Path(tmp), print)
         results = measure(rows, args, machine['peak_gflops'], print)
+        profiles = {}
+        if args.profile and not args.short:
+            print('profiling inference_model and the ONNX Runtime export at batch 1 ...')
+            profiles = profile_native(rows['eager']['fn'], args, Path(tmp))
     data = {
         'kind': 'inference', 'schema': 1, 'created': now_iso(), 'short': args.short,
         'machine': machine, 'versions': versions(),
@@ -322,6 +410,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         'rows': {k: ROWS[k] for k in rows},
         'results': results,
         'goals': native_goals(results),
+        'profiles': profiles,
         'gpu': gpu_section(),
     }
     return finish(data, args.out, start, plot)

@@ -31,6 +31,7 @@ EXPORT_MARKERS = ('<!-- export-tables:start -->', '<!-- export-tables:end -->')
 PEERS_MARKERS = ('<!-- peers-tables:start -->', '<!-- peers-tables:end -->')
 PEERS_SUMMARY_MARKERS = ('<!-- peers-summary:start -->', '<!-- peers-summary:end -->')
 FORMS_MARKERS = ('<!-- forms-tables:start -->', '<!-- forms-tables:end -->')
+NATIVE_MARKERS = ('<!-- native-tables:start -->', '<!-- native-tables:end -->')
 
 
 def load(path: Path, kind: str) -> Dict[str, Any]:
@@ -307,6 +308,51 @@ def forms_table(data: Dict[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def native_tables(inference: Dict[str, Any], compiled: Optional[Dict[str, Any]]) -> str:
+    """docs/deploy.md's section on ``inference_model``: the goal against the ONNX Runtime export (bench_inference.py)
+    and the inductor options side by side (bench_compile.py)."""
+    rows = {(r['key'], r['batch']): r for r in inference['results']}
+    lines = [f'`benchmarks/bench_inference.py`: {_machine_line(inference)}.', '',
+             '| batch | timm built-in, eager | deploy, eager | inference_model | ONNX Runtime export '
+             '| inference_model / ONNX Runtime | goal |',
+             '|---:|---:|---:|---:|---:|---:|---|']
+    for g in inference.get('goals') or []:
+        b = g['batch']
+        cells = [f'{rows[k, b]["img_per_s"]:.0f}' if (k, b) in rows else '-'
+                 for k in ('builtin', 'deploy', 'inference_model', 'onnxruntime_export')]
+        goal = '-' if g['goal'] is None else f'{g["goal"]}x, {"met" if g["met"] else "missed"}'
+        lines.append(f'| {b} | ' + ' | '.join(cells) + f' | {g["ratio"]:.2f}x | {goal} |')
+    lines.append('')
+    lines.append('(img/s; every column timed in the same interleaved rounds.)')
+    prof = (inference.get('profiles') or {}).get('inference_model')
+    if prof:
+        groups, onednn = prof['by_group'], prof['onednn']
+        conv = groups.get('oneDNN convolution (PyTorch op)', {'events': 0, 'ms_per_call': 0.0})
+        wrapper = groups.get('graph call (Python wrapper)', {'ms_per_call': 0.0})
+        kernels = groups.get('inductor C++ kernels', {'events': 0, 'ms_per_call': 0.0})
+        ort = inference['profiles'].get('onnxruntime_export')
+        ort_conv = next((t for t in ort['by_type'] if t['type'] == 'Conv'), None) if ort else None
+        lines += ['', f'Where batch 1\'s time goes (`--profile`: the same options with inductor\'s Python wrapper and '
+                      f'kernel profiling on, so every call shows; profilers slow both sides): '
+                      f'{prof["ms_per_call"]:.1f} ms per call, of which {conv["events"]} oneDNN convolutions as '
+                      f'PyTorch ops {conv["ms_per_call"]:.1f} ms, their oneDNN primitives executing '
+                      f'{onednn["ms_per_call"]:.1f} ms of it (`ONEDNN_VERBOSE`), the graph\'s Python wrapper '
+                      f'{wrapper["ms_per_call"]:.1f} ms (the C++ wrapper removes most of it), {kernels["events"]} '
+                      f'generated C++ kernels {kernels["ms_per_call"]:.1f} ms.'
+                      + (f' ONNX Runtime\'s profile of the export: {ort["ms_per_call"]:.1f} ms per call, '
+                         f'{ort_conv["nodes"]} Conv nodes {ort_conv["ms_per_call"]:.1f} ms.' if ort_conv else '')]
+    if compiled is not None:
+        s = compiled['settings']
+        lines += ['', f'`benchmarks/bench_compile.py`, inductor options of inference_model, {s["model"]}: '
+                      f'{_machine_line(compiled)}.', '',
+                  f'| batch | options | img/s | p50 ms | vs {s["reference"]} | first call s |',
+                  '|---:|---|---:|---:|---:|---:|']
+        for r in compiled['results']:
+            lines.append(f'| {r["batch"]} | {r["variant"]} | {r["img_per_s"]:.1f} | {r["p50_ms"]:.2f} '
+                         f'| {r["vs_" + s["reference"].replace(" ", "_")]:.3f}x | {r["compile_s"]:.1f} |')
+    return '\n'.join(lines) + '\n'
+
+
 def write_between_markers(path: Path, text: str, markers: Tuple[str, str] = MARKERS) -> None:
     """Replace what lies between the two ``markers`` lines of ``path`` with ``text`` (atomically, mode kept)."""
     start, end = markers
@@ -334,6 +380,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         f'between {PEERS_SUMMARY_MARKERS[0]} ... {PEERS_SUMMARY_MARKERS[1]} where the file has them')
     p.add_argument('--peers-doc', type=Path,
                    help=f'Markdown file whose {PEERS_MARKERS[0]} ... {PEERS_MARKERS[1]} section gets the peers tables')
+    p.add_argument('--deploy-doc', type=Path,
+                   help=f'Markdown file whose {NATIVE_MARKERS[0]} ... {NATIVE_MARKERS[1]} section gets '
+                        "inference_model's goal and inductor-options tables (results/inference.json, compile.json)")
     args = p.parse_args(argv)
     try:
         inference, train = load(args.inference, 'inference'), load(args.train, 'train')
@@ -363,6 +412,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 forms_text = forms_table(load(forms, 'forms'))
                 write_between_markers(args.export_doc, forms_text, FORMS_MARKERS)
                 text += '\n' + forms_text
+        if args.deploy_doc:
+            compiled = RESULTS / 'compile.json'
+            native_text = native_tables(inference, load(compiled, 'compile') if compiled.exists() else None)
+            write_between_markers(args.deploy_doc, native_text, NATIVE_MARKERS)
+            text += '\n' + native_text
         if args.peers_doc:
             if peers is None:
                 raise FileNotFoundError(f'{args.peers}: no such benchmark result (run benchmarks/bench_peers.py first)')
