@@ -345,11 +345,19 @@ def native_tables(inference: Dict[str, Any], compiled: Optional[Dict[str, Any]])
         s = compiled['settings']
         lines += ['', f'`benchmarks/bench_compile.py`, inductor options of inference_model, {s["model"]}: '
                       f'{_machine_line(compiled)}.', '',
-                  f'| batch | options | img/s | p50 ms | vs {s["reference"]} | first call s |',
+                  f'| batch | options | img/s | p50 ms | vs {s["reference"]} | first call s (cold cache) |',
                   '|---:|---|---:|---:|---:|---:|']
         for r in compiled['results']:
             lines.append(f'| {r["batch"]} | {r["variant"]} | {r["img_per_s"]:.1f} | {r["p50_ms"]:.2f} '
                          f'| {r["vs_" + s["reference"].replace(" ", "_")]:.3f}x | {r["compile_s"]:.1f} |')
+        cache = compiled.get('cache')
+        if cache:
+            cold = next((r['compile_s'] for r in compiled['results']
+                         if r['batch'] == cache['batch'] and r['options'] == cache['options']), None)
+            lines += ['', f'First call at batch {cache["batch"]} with `INDUCTOR_OPTIONS` '
+                          f'({", ".join(f"{k}={v}" for k, v in cache["options"].items())}): '
+                          + (f'{cold:.1f} s into an empty inductor cache, ' if cold is not None else '')
+                          + f'{cache["second_process_s"]:.1f} s in a second process reading that cache.']
     return '\n'.join(lines) + '\n'
 
 

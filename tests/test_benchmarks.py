@@ -187,6 +187,10 @@ def test_committed_tables_are_report_py_output_of_the_committed_json():
     forms = report.load(results / 'forms.json', 'forms')
     assert not forms['short'], 'results/forms.json is a --short smoke run'
     assert _between(root / 'docs' / 'export.md', report.FORMS_MARKERS) == report.forms_table(forms)
+    # inference_model's goal, profile and inductor options in docs/deploy.md
+    compiled = report.load(results / 'compile.json', 'compile')
+    assert not compiled['short'], 'results/compile.json is a --short smoke run'
+    assert _between(root / 'docs' / 'deploy.md', report.NATIVE_MARKERS) == report.native_tables(inference, compiled)
 
 
 @pytest.fixture(scope='module')
@@ -385,4 +389,7 @@ def test_compile_options_short_run_times_each_variant_against_freezing(tmp_path)
     for r in rows.values():
         assert r['batch'] == 1 and r['img_per_s'] > 0 and r['compile_s'] > 0 and r['max_abs_diff'] <= 1e-4
         assert r['backend'] == 'inductor'
+    # a second process compiled the same options from the run's own inductor cache
+    assert data['cache']['options'] == rows['freezing']['options'] and data['cache']['backend'] == 'inductor'
+    assert data['cache']['batch'] == 1 and data['cache']['second_process_s'] > 0
     _check_png(tmp_path / 'compile.png')
