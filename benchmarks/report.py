@@ -123,7 +123,7 @@ def summary(inference: Dict[str, Any], train: Dict[str, Any], export: Optional[D
         f'| | batch {lo} | batch {hi} |',
         '|---|---:|---:|',
     ]
-    for key in ('eager', 'deploy', 'deploy_compile', 'inference_model', 'onnxruntime_export', 'onnxruntime'):
+    for key in ('eager', 'deploy', 'deploy_compile', 'inference_model', 'onnxruntime_export'):
         if (key, lo) in rows and (key, hi) in rows:
             lines.append(f'| {rows[key, lo]["label"]} | {rows[key, lo]["ratio_to_builtin"]:.2f}x '
                          f'| {rows[key, hi]["ratio_to_builtin"]:.2f}x |')
