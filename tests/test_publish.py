@@ -16,7 +16,7 @@ from helpers import builtin_model, randomize_
 from hub_server import HubServer, hub_env, run_client, state_digest
 from safetensors.torch import load_file, save_file
 
-from timm_ghost import cli
+import timm_ghost_cli as cli
 from timm_ghost.errors import ConversionError
 from timm_ghost.models_info import count_params
 from timm_ghost.publish import HUB_FILES
