@@ -766,7 +766,8 @@ def client_main() -> None:
     import timm
 
     import timm_ghost  # noqa: F401  (registers the models)
-    from timm_ghost import cli, ghostnet
+    import timm_ghost_cli as cli
+    from timm_ghost import ghostnet
 
     # the part of a load that the timeouts bound: resolving the weights to a local file (Hub, URL or cache), timed
     # on its own so that model construction on a loaded machine does not count against the bound

@@ -23,7 +23,7 @@ import pytest
 import timm
 import torch
 
-from timm_ghost import cli
+import timm_ghost_cli as cli
 from timm_ghost.errors import ConversionError, PretrainedWeightsError
 from timm_ghost.paddle import (
     CONVERTER_VERSION,

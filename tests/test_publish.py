@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import timm
@@ -16,7 +17,7 @@ from helpers import builtin_model, randomize_
 from hub_server import HubServer, hub_env, run_client, state_digest
 from safetensors.torch import load_file, save_file
 
-from timm_ghost import cli
+import timm_ghost_cli as cli
 from timm_ghost.errors import ConversionError
 from timm_ghost.models_info import count_params
 from timm_ghost.publish import HUB_FILES
@@ -76,6 +77,8 @@ def test_converted_config_is_timms_format_and_loads_with_local_dir(converted, so
     _, out, _ = converted
     config = json.loads((out / 'config.json').read_text())
     assert (config['architecture'], config['num_classes'], config['num_features']) == ('ghostnet_100', 1000, 960)
+    # num_classes at the root only: transformers' TimmWrapper passes it besides **model_args (test_transformers.py)
+    assert config['model_args'] == {'in_chans': 3, 'global_pool': 'avg'}
     assert not {'hf_hub_id', 'file', 'url', 'tag'} & set(config['pretrained_cfg'])
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
@@ -97,6 +100,7 @@ def test_model_card_has_params_macs_accuracy_licence_citation(converted, source)
             '5.2 M params, 141 M MACs, top-1 73.9, top-5 91.4') in card  # the paper's table, written out
     assert '@inproceedings{han2020ghostnet' in card
     assert "timm.create_model('hf-hub:org/ghostnet_100.test', pretrained=True)" in card
+    assert "classifier = pipeline('image-classification', model='org/ghostnet_100.test')" in card  # transformers
 
 
 def test_convert_timm_checkpoint_with_other_classes_and_measured_accuracy(tmp_path):
@@ -235,6 +239,35 @@ def test_push_dry_run_validates_the_folder(converted, tmp_path, capsys):
     assert cli.main(['push', str(out), 'not a repo id', '--dry-run']) == 1
     assert "repo_id 'not a repo id' is not a Hub repository id" in capsys.readouterr().err
 
+
+
+def test_push_refuses_num_classes_in_model_args(converted, tmp_path, capsys):
+    """A folder timm's save_for_hf wrote as is (num_classes in model_args, which transformers cannot load) is refused
+    with the key, the file and the fix; the fixed folder passes."""
+    _, out, _ = converted
+    old = tmp_path / 'old'
+    shutil.copytree(out, old)
+    config = json.loads((old / 'config.json').read_text())
+    config['model_args']['num_classes'] = config['num_classes']
+    (old / 'config.json').write_text(json.dumps(config))
+    assert cli.main(['push', str(old), 'org/x', '--dry-run']) == 1
+    assert capsys.readouterr().err == (
+        f"timm-ghost push: error: {old}/config.json: model_args holds num_classes, which transformers' TimmWrapper "
+        f"passes itself (TypeError: got multiple values for keyword argument 'num_classes'); delete it from "
+        f"model_args (the root num_classes stays) or write the folder again with `timm-ghost convert`\n")
+    del config['model_args']['num_classes']
+    (old / 'config.json').write_text(json.dumps(config))
+    assert cli.main(['push', str(old), 'org/x', '--dry-run']) == 0
+
+
+def test_every_folder_is_written_through_save_hub_folder():
+    """One place writes config.json: no module but publish.py calls timm's save_for_hf (the demo and convert go
+    through publish.save_hub_folder)."""
+    import timm_ghost
+    root = Path(timm_ghost.__file__).parent
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob('*.py') if 'save_for_hf(' in p.read_text())
+    assert callers == ['publish.py']
+    assert (root / 'publish.py').read_text().count('save_for_hf(model') == 1
 
 def test_push_uploads_to_the_hub_and_loads_back(converted, source, tmp_path):
     _, out, _ = converted

@@ -520,6 +520,7 @@ def test_demo_reduced(tmp_path, capsys):
     config = json.loads((out / 'model' / 'config.json').read_text())
     assert config['architecture'] == 'ghostnet_050' and config['num_classes'] == 10
     assert config['label_names'] == [str(i) for i in range(10)]
+    assert config['model_args'] == {'in_chans': 3, 'global_pool': 'avg'}  # no num_classes: transformers loads it
     assert config['pretrained_cfg']['input_size'] == [3, 16, 16]
     # the folder describes these weights: what trained them, on what, with which result; nothing of ghostnet_050's
     # default tag (PaddleClas's ImageNet release, its 66.8 % top-1)

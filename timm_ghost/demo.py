@@ -2,8 +2,9 @@
 
 Handwritten digits (scikit-learn) -> ImageFolder -> train ghostnet_050 from scratch with timm.data loaders and
 transforms, timm.optim, timm.scheduler and timm.task.ClassificationTask -> Hub-ready folder (model.safetensors +
-config.json, timm's ``save_for_hf``) -> reload through ``timm.create_model('local-dir:...')`` -> BN-fused deploy
-model (``timm.utils.reparameterize_model``) -> same predictions, timed side by side.
+config.json, timm's ``save_for_hf`` through ``publish.save_hub_folder``, so transformers loads it too) -> reload
+through ``timm.create_model('local-dir:...')`` -> BN-fused deploy model (``timm.utils.reparameterize_model``) -> same
+predictions, timed side by side.
 """
 from __future__ import annotations
 
@@ -229,13 +230,13 @@ def run_demo(
 
 def _run_demo(out: Path, cfg: DemoConfig, force: bool, progress: bool, log: Callable[[str], None]) -> DemoResult:
     import timm
-    from timm.models import save_for_hf
     from timm.utils import random_seed, reparameterize_model
 
     from . import ghostnet  # noqa: F401  (registers our ghostnet_* in timm)
     from ._io import atomic_output_dir
     from .data import write_digits_imagefolder
     from .models_info import count_params
+    from .publish import save_hub_folder
 
     threads = torch.get_num_threads()
     fmt = _memory_format(cfg.channels_last)
@@ -263,8 +264,7 @@ def _run_demo(out: Path, cfg: DemoConfig, force: bool, progress: bool, log: Call
         label_names = [str(i) for i in range(digits.num_classes)]
         model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors only
         model.pretrained_cfg = _digits_weights_cfg(model.pretrained_cfg, cfg, digits, val_top1)
-        save_for_hf(model, model_dir, model_config=dict(label_names=label_names), safe_serialization=True,
-                    data_config=data_config)
+        save_hub_folder(model, model_dir, model_config=dict(label_names=label_names), data_config=data_config)
         log(f'[3/5] saved a Hub-ready folder: {out / "model"} '
             f'({", ".join(sorted(p.name for p in model_dir.iterdir()))})')
 

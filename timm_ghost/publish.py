@@ -1,7 +1,8 @@
 """Publishing weights: ``timm-ghost convert`` (checkpoint -> Hub-ready folder) and ``timm-ghost push`` (upload).
 
 A Hub-ready folder holds exactly what timm's ``hf-hub:`` / ``local-dir:`` loaders read: ``model.safetensors``,
-``config.json`` (timm's format, written by ``timm.models.save_for_hf``) and a ``README.md`` model card (timm's
+``config.json`` (timm's format, ``timm.models.save_for_hf``'s with ``num_classes`` kept out of ``model_args`` so
+that transformers loads it too: :func:`save_hub_folder`) and a ``README.md`` model card (timm's
 ``generate_readme``). ``convert`` builds it in a hidden sibling folder (:func:`timm_ghost._io.atomic_output_dir`),
 loads it back through ``local-dir:``, compares logits with the source model and only then renames it into place, so
 a failed run leaves nothing behind.
@@ -24,8 +25,8 @@ from ._http import sha256_file
 from ._io import atomic_output_dir, check_output_dir
 from .errors import ConversionError
 
-__all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'weights_cfg', 'WEIGHTS_KEYS', 'HUB_FILES',
-           'CITATION']
+__all__ = ['convert_checkpoint', 'validate_folder', 'push_folder', 'save_hub_folder', 'weights_cfg', 'WEIGHTS_KEYS',
+           'HUB_FILES', 'CITATION']
 
 HUB_FILES = ('model.safetensors', 'config.json', 'README.md')
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.pickle', '.ckpt', '.tar')
@@ -58,6 +59,34 @@ def weights_cfg(cfg: Dict[str, Any], description: str, notes: Sequence[str] = ()
     if origin_url:
         out['origin_url'] = origin_url
     return out
+
+
+def save_hub_folder(model: torch.nn.Module, folder: os.PathLike, model_config: Optional[Dict[str, Any]] = None,
+                    data_config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write ``model.safetensors`` and ``config.json`` of ``model`` into ``folder``: timm's ``save_for_hf``
+    (``model_config`` such as ``label_names``, ``data_config`` the preprocessing), with ``num_classes`` left out of
+    the config's ``model_args``. Every folder this package writes goes through here (``convert``, the demo's).
+
+    timm (1.0.31 on) records ``num_classes`` in ``model_args`` as well as at the config's root; transformers'
+    TimmWrapper passes ``num_classes`` itself and ``**model_args`` on top, which fails with ``TypeError: ... got
+    multiple values for keyword argument 'num_classes'``. timm reads the root ``num_classes`` (its ``hf-hub:`` /
+    ``local-dir:`` loaders put it in the pretrained cfg, which sets the head), so both libraries load the result.
+
+    Returns the config written (the parsed ``config.json``).
+    """
+    from timm.models import save_for_hf
+
+    folder = Path(folder)
+    save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True, data_config=data_config)
+    path = folder / 'config.json'
+    config = json.loads(path.read_text(encoding='utf-8'))
+    model_args = config.get('model_args')
+    if isinstance(model_args, dict) and 'num_classes' in model_args:
+        del model_args['num_classes']
+        if not model_args:
+            del config['model_args']
+        path.write_text(json.dumps(config, indent=2), encoding='utf-8')  # timm's own layout
+    return config
 
 
 def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
@@ -153,6 +182,13 @@ def _model_card(model: torch.nn.Module, model_name: str, repo_id: str, params: i
         f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()\n"
         'data_config = timm.data.resolve_model_data_config(model)\n'
         'transform = timm.data.create_transform(**data_config, is_training=False)\n'
+        '```\n\n'
+        'With transformers (`pip install "timm-ghost[hf]"`); `import timm_ghost` first, or timm\'s built-in GhostNet '
+        'is built instead:\n\n'
+        '```python\n'
+        'import timm_ghost  # noqa: F401\n'
+        'from transformers import pipeline\n\n'
+        f"classifier = pipeline('image-classification', model='{repo_id}')\n"
         '```\n')
     card = dict(
         tags=['image-classification', 'timm', 'ghostnet'], license=license, details=details, usage=usage,
@@ -204,7 +240,6 @@ def convert_checkpoint(
         In every case ``out`` is left as it was.
     """
     import timm
-    from timm.models import save_for_hf
 
     from .ghostnet import WIDTHS
     from .models_info import count_macs, count_params
@@ -240,7 +275,7 @@ def convert_checkpoint(
     params, macs = count_params(model), count_macs(model, img_size=height)
 
     with atomic_output_dir(out, overwrite, flag='--overwrite', name='out') as tmp:
-        save_for_hf(model, str(tmp), model_config=labels or None, safe_serialization=True)
+        save_hub_folder(model, tmp, model_config=labels or None)
         (tmp / 'README.md').write_text(
             _model_card(model, model_name, repo_id, params, macs, top1, top5, dataset, license, card_details),
             encoding='utf-8')
@@ -255,8 +290,9 @@ def convert_checkpoint(
 
 
 def validate_folder(folder: os.PathLike) -> Dict[str, Any]:
-    """Check that ``folder`` is Hub-ready: the three files, no pickles, a card with front matter, and a model that
-    ``timm.create_model('local-dir:...', pretrained=True)`` builds and loads strictly.
+    """Check that ``folder`` is Hub-ready: the three files, no pickles, a card with front matter, a config.json
+    transformers' TimmWrapper can build from (no ``num_classes`` in its ``model_args``, see :func:`save_hub_folder`)
+    and a model that ``timm.create_model('local-dir:...', pretrained=True)`` builds and loads strictly.
 
     Returns a summary: ``architecture``, ``num_classes``, ``params``, ``files`` (name -> size, sha256), ``skipped``
     (other files in the folder, never uploaded). Raises ``FileNotFoundError`` for a missing folder and
@@ -287,6 +323,11 @@ def validate_folder(folder: os.PathLike) -> Dict[str, Any]:
     if arch not in WIDTHS:
         raise ConversionError(
             f'{folder}/config.json: architecture must be one of {", ".join(WIDTHS)}, got {arch!r}')
+    if isinstance(config.get('model_args'), dict) and 'num_classes' in config['model_args']:
+        raise ConversionError(
+            f"{folder}/config.json: model_args holds num_classes, which transformers' TimmWrapper passes itself "
+            f"(TypeError: got multiple values for keyword argument 'num_classes'); delete it from model_args (the "
+            f"root num_classes stays) or write the folder again with `timm-ghost convert`")
     card = (folder / 'README.md').read_text(encoding='utf-8')
     front = card.split('---\n')
     meta = None
