@@ -71,7 +71,7 @@ class DenseDemoResult:
 
 # the full runs' settings per task (DenseDemoConfig's defaults are the detector's)
 _TASK_SETTINGS: Dict[str, Dict[str, Any]] = {
-    'detect': {}, 'segment': dict(opt='adamw', lr=1e-3, weight_decay=1e-4, epochs=10, batch_size=8)}
+    'detect': {}, 'segment': dict(opt='adamw', lr=5e-3, weight_decay=1e-4, epochs=8, batch_size=8)}
 
 
 def default_config(task: str) -> DenseDemoConfig:
