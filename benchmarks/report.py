@@ -354,7 +354,7 @@ def native_tables(inference: Dict[str, Any], compiled: Optional[Dict[str, Any]])
         if cache:
             cold = next((r['compile_s'] for r in compiled['results']
                          if r['batch'] == cache['batch'] and r['options'] == cache['options']), None)
-            lines += ['', f'First call at batch {cache["batch"]} with `INDUCTOR_OPTIONS` '
+            lines += ['', f'First call at batch {cache["batch"]} with the options '
                           f'({", ".join(f"{k}={v}" for k, v in cache["options"].items())}): '
                           + (f'{cold:.1f} s into an empty inductor cache, ' if cold is not None else '')
                           + f'{cache["second_process_s"]:.1f} s in a second process reading that cache.']
