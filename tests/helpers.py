@@ -12,7 +12,7 @@ from timm_ghost._compat import classification_task, timm_at_least
 from timm_ghost.testing import randomize_
 
 __all__ = ['MODEL_NAMES', 'END_OF_RESOLUTION_CHANNELS', 'randomize_', 'builtin_model', 'stage_outputs', 'TASK_API',
-           'TrainRun']
+           'TrainRun', 'HUB_MODEL_ARGS']
 
 MODEL_NAMES = list(timm_ghost.MODEL_NAMES)
 # feature_location='bottleneck': channels of the last map at /2 /4 /8 /16 /32 (blocks.0/2/4/6/9), from the table:
@@ -22,6 +22,11 @@ END_OF_RESOLUTION_CHANNELS = {
     'ghostnet_100': [16, 24, 40, 112, 960],
     'ghostnet_130': [20, 32, 52, 144, 1248],
 }
+
+# config.json's model_args for a default GhostNet as publish.save_hub_folder writes them: timm records the model's
+# arguments there since timm 1.0.31 (save_hub_folder drops num_classes, which stays at the config's root); older timm
+# writes no model_args
+HUB_MODEL_ARGS = {'in_chans': 3, 'global_pool': 'avg'} if timm_at_least('1.0.31') else None
 
 
 def builtin_model(name: str, **kwargs) -> nn.Module:
