@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,16 @@ import torch
 # small CPUs, and OpenMP threads that outnumber the cores spin instead of working (seconds become minutes).
 torch.set_num_threads(1)
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+# .ci/floor-env runs the suite on the installed wheel and sets TIMM_GHOST_TEST_INSTALLED=1: the tests must then
+# import that, not the source tree beside them.
+if os.environ.get('TIMM_GHOST_TEST_INSTALLED', '') not in ('', '0'):
+    import timm_ghost
+    _package = Path(timm_ghost.__file__).resolve().parent
+    if _package == Path(__file__).resolve().parents[1] / 'timm_ghost':
+        raise RuntimeError(f'TIMM_GHOST_TEST_INSTALLED=1, but the tests import timm_ghost from the source tree '
+                           f'({_package}), not the installed package: run the entry point `pytest`, not '
+                           f'`python -m pytest` (which puts the current folder first on sys.path)')
 
 # CI sets TIMM_GHOST_STRICT_SKIPS=1: a skip then fails the test unless its reason starts with 'hardware:' (what this
 # CPU cannot do). A user without timm's scripts, the Paddle oracle or an export runtime still gets the plain skip;

@@ -2,6 +2,7 @@
 "environment missing" fails under TIMM_GHOST_STRICT_SKIPS=1."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -9,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CI_RUN = ROOT / '.ci' / 'run'
+CI_FLOOR = ROOT / '.ci' / 'floor-env'
 
 
 def _readme_test_command() -> list:
@@ -20,9 +24,9 @@ def _readme_test_command() -> list:
     return [line.strip() for line in block.group(1).splitlines() if line.strip()]
 
 
-def _ci_commands() -> list:
-    """.ci/run's lines that run something (comments and blank lines dropped)."""
-    lines = (line.strip() for line in CI_RUN.read_text().splitlines())
+def _ci_commands(script: Path = CI_RUN) -> list:
+    """The lines of a CI script (.ci/run by default) that run something (comments and blank lines dropped)."""
+    lines = (line.strip() for line in script.read_text().splitlines())
     return [line for line in lines if line and not line.startswith('#')]
 
 
@@ -43,6 +47,51 @@ def test_ci_steps_cannot_fail_silently():
     assert 'export TIMM_GHOST_STRICT_SKIPS=1' in ci
     assert 'python -m pytest -q -m slow' in ci
     assert 'python tests/timm_conformance/run.py' in ci
+
+
+def test_the_floor_environment_is_the_built_wheel():
+    """.ci/run's last step, .ci/floor-env: build and check the wheel, install it alone into the Python 3.10 floor
+    environment, smoke-test it from another folder, then run the core suite and timm's conformance run on it; no
+    editable install, no other environment with torch."""
+    ci = _ci_commands()
+    assert ci[-2:] == ['bash .ci/floor-env', "elapsed 'floor environment (the wheel)'"]
+    assert not (ROOT / '.ci' / 'wheel-smoke').exists() and not any('wheel-smoke' in line for line in ci)
+    floor = _ci_commands(CI_FLOOR)
+    assert floor[0] == 'set -euo pipefail'
+    # lists only in the conditions of `if` / `for` (finding the interpreter), which set -e leaves alone by design
+    assert [line for line in floor if re.search(r'&&|\|\|', line) and not line.startswith(('if ', 'for '))] == []
+    steps = [
+        '"$WORK/tools/bin/python" -m build --outdir "$WORK/dist" .',
+        '"$WORK/tools/bin/python" -m twine check --strict "$WORK"/dist/*',
+        "step 'wheel built and checked'",
+        '"$PYTHON" -m venv "$WORK/venv"',
+        'export PIP_CONSTRAINT="$CONSTRAINTS"',
+        'python -m pip install --quiet "$wheel"',
+        'timm-ghost info',
+        "step 'wheel smoke test'",
+        'python -m pip install --quiet pytest pytest-xdist scikit-learn pandas',
+        "TIMM_GHOST_TEST_INSTALLED=1 pytest -q -m 'not slow' -k 'not onnx' -p no:cacheprovider --basetemp "
+        '"$WORK/pytest-tmp" \\',
+        'python tests/timm_conformance/run.py',
+    ]
+    at = [floor.index(line) for line in steps]
+    assert at == sorted(at)
+    # one environment with torch: the floor's, which installs the built wheel and never the source tree
+    assert [line for line in floor if re.search(r' -m venv ', line)] == [
+        '"$PYTHON" -m venv "$WORK/tools"', '"$PYTHON" -m venv "$WORK/venv"']
+    installs = [line for line in floor if 'pip install' in line]
+    assert not [line for line in installs if re.search(r' -e |\s\.(\s|$)|torch', line)], installs
+
+
+def test_a_suite_meant_for_the_installed_package_refuses_the_source_tree():
+    """TIMM_GHOST_TEST_INSTALLED=1 (.ci/floor-env): `python -m pytest` from the source folder would import the tree's
+    timm_ghost, not the installed wheel, and the run stops saying so."""
+    env = {**os.environ, 'TIMM_GHOST_TEST_INSTALLED': '1'}
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider', '--co',
+                           'tests/test_ci.py'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert 'TIMM_GHOST_TEST_INSTALLED=1, but the tests import timm_ghost from the source tree' in out
 
 
 def _run_planted(tmp_path: Path, strict: bool) -> subprocess.CompletedProcess:
@@ -125,3 +174,16 @@ def test_readme_is_at_most_200_lines_and_its_links_resolve():
     assert len(links) >= 8
     missing = [link for link in links if not (ROOT / link).exists()]
     assert not missing, f'README.md links to files that do not exist: {missing}'
+
+
+def test_conformance_run_takes_the_installed_timms_pins_and_stops_without_them(monkeypatch, capsys):
+    run = _conformance()
+    pins = json.loads(run.PINS.read_text())
+    assert {'1.0.21', '1.0.31'} <= set(pins)  # the floor's and the main environment's timm
+    assert all(set(p) == set(run.WIDTHS) and min(p.values()) > 0 for p in pins.values())
+    monkeypatch.setattr(run, 'version', lambda name: '1.0.7')
+    monkeypatch.setattr(run, 'fetch_sdist', lambda *a: pytest.fail('no download without pins'))
+    assert run.main([]) == 1
+    assert capsys.readouterr().err == (
+        f'timm conformance: FAILED: timm 1.0.7 (installed) has no pinned pass counts in {run.PINS} (pinned: '
+        f'{", ".join(sorted(pins))}); run it with --pin, review the run, commit the pins\n')

@@ -2,7 +2,8 @@
 SyncBatchNorm conversion keeps the eval outputs.
 
 timm's train.py passes ``device_ids=[device]`` to DDP, which torch refuses for CPU modules, so DDP is driven here
-directly, as train.py's ClassificationTask.prepare_distributed does it on GPUs. This file is also the worker script:
+directly, as train.py does it on GPUs (through ClassificationTask.prepare_distributed since timm 1.0.27, itself
+before: tests/helpers.py's TrainRun). This file is also the worker script:
 ``torchrun --standalone --nproc_per_node=2 tests/test_distributed.py OUT``.
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ def _worker(out: Path) -> None:
     """One rank: train a few steps on its own data shard under DDP, then save its weights and losses."""
     import timm
     import torch.distributed as dist
+    from helpers import TrainRun
     from timm.optim import create_optimizer_v2
-    from timm.task import ClassificationTask
     from timm.utils import distribute_bn, random_seed
 
     import timm_ghost  # noqa: F401
@@ -37,9 +38,9 @@ def _worker(out: Path) -> None:
     random_seed(0, rank)  # as train.py: per-rank seed, so the initial weights differ until DDP broadcasts rank 0's
     model = timm.create_model('ghostnet_050', num_classes=10, drop_path_rate=0.1)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    task = ClassificationTask(model, verbose=False)
-    task.prepare_distributed(device_ids=None)  # CPU: no device ids
-    opt = create_optimizer_v2(task.get_trainable_module(), 'sgd', lr=0.1, momentum=0.9)
+    task = TrainRun(model)
+    task.prepare_distributed()  # CPU: no device ids
+    opt = create_optimizer_v2(task.trainable_module(), 'sgd', lr=0.1, momentum=0.9)
     gen = torch.Generator().manual_seed(100 + rank)  # each rank its own batches
     losses = []
     for _ in range(STEPS):
@@ -54,7 +55,7 @@ def _worker(out: Path) -> None:
     distribute_bn(model, dist.get_world_size(), reduce=True)  # train.py --dist-bn reduce, after each epoch
     torch.save({'params': params, 'buffers_before': buffers_before, 'state_dict': model.state_dict(), 'init': init,
                 'losses': losses,
-                'wrapped': type(task.get_trainable_module()).__name__}, out / f'rank{rank}.pt')
+                'wrapped': type(task.trainable_module()).__name__}, out / f'rank{rank}.pt')
     dist.barrier()
     dist.destroy_process_group()
 

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import builtin_model, randomize_
+from helpers import HUB_MODEL_ARGS, builtin_model, randomize_
 from hub_server import HubServer, hub_env, run_client, state_digest
 from safetensors.torch import load_file, save_file
 
@@ -78,7 +78,7 @@ def test_converted_config_is_timms_format_and_loads_with_local_dir(converted, so
     config = json.loads((out / 'config.json').read_text())
     assert (config['architecture'], config['num_classes'], config['num_features']) == ('ghostnet_100', 1000, 960)
     # num_classes at the root only: transformers' TimmWrapper passes it besides **model_args (test_transformers.py)
-    assert config['model_args'] == {'in_chans': 3, 'global_pool': 'avg'}
+    assert config.get('model_args') == HUB_MODEL_ARGS
     assert not {'hf_hub_id', 'file', 'url', 'tag'} & set(config['pretrained_cfg'])
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
@@ -248,7 +248,7 @@ def test_push_refuses_num_classes_in_model_args(converted, tmp_path, capsys):
     old = tmp_path / 'old'
     shutil.copytree(out, old)
     config = json.loads((old / 'config.json').read_text())
-    config['model_args']['num_classes'] = config['num_classes']
+    config.setdefault('model_args', {})['num_classes'] = config['num_classes']  # model_args: timm >= 1.0.31
     (old / 'config.json').write_text(json.dumps(config))
     assert cli.main(['push', str(old), 'org/x', '--dry-run']) == 1
     assert capsys.readouterr().err == (
@@ -261,13 +261,14 @@ def test_push_refuses_num_classes_in_model_args(converted, tmp_path, capsys):
 
 
 def test_every_folder_is_written_through_save_hub_folder():
-    """One place writes config.json: no module but publish.py calls timm's save_for_hf (the demo and convert go
-    through publish.save_hub_folder)."""
+    """One place writes config.json: no module but publish.py calls timm's save_for_hf, through _compat's shim of
+    its newer arguments (the demo and convert go through publish.save_hub_folder)."""
     import timm_ghost
     root = Path(timm_ghost.__file__).parent
     callers = sorted(str(p.relative_to(root)) for p in root.rglob('*.py') if 'save_for_hf(' in p.read_text())
-    assert callers == ['publish.py']
+    assert callers == ['_compat.py', 'publish.py']
     assert (root / 'publish.py').read_text().count('save_for_hf(model') == 1
+    assert (root / '_compat.py').read_text().count('timm_save_for_hf(model') == 2  # with and without data_config
 
 def test_push_uploads_to_the_hub_and_loads_back(converted, source, tmp_path):
     _, out, _ = converted

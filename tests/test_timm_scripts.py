@@ -24,9 +24,13 @@ import torch
 from timm.utils import reparameterize_model
 
 from timm_ghost import WIDTHS
+from timm_ghost._compat import timm_at_least
 from timm_ghost.recipes import recipe_path
 
 SCRIPTS = ('train.py', 'validate.py', 'benchmark.py', 'inference.py')
+# data loading in the scripts' own process; before timm 1.0.29 create_loader asks for persistent workers even with
+# --workers 0, which torch refuses (ValueError: persistent_workers option needs num_workers > 0): one worker there
+WORKERS = '0' if timm_at_least('1.0.29') else '1'
 _TIMEOUT_S = 300
 # one thread per process: the CPU test runners are small and share their cores
 _ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
@@ -181,7 +185,7 @@ def trained(tmp_path_factory, digits32) -> Iterator[Path]:
         '--num-classes', '10', '--img-size', '32', '--drop-path', '0.05', '--epochs', '4', '-b', '64', '--lr', '0.2',
         '--warmup-epochs', '1', '--weight-decay', '5e-5', '--hflip', '0', '--color-jitter', '0', '--scale', '0.7', '1',
         '--ratio', '0.9', '1.1', '--crop-pct', '1.0', '--interpolation', 'bicubic', '--train-interpolation', 'bicubic',
-        '--device', 'cpu', '--workers', '0', '--no-prefetcher', '--channels-last', '--seed', '0',
+        '--device', 'cpu', '--workers', WORKERS, '--no-prefetcher', '--channels-last', '--seed', '0',
         '--output', out, '--experiment', 'digits', '--checkpoint-hist', '1', '--log-interval', '10',
     ], cwd=out)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -207,7 +211,7 @@ def test_validate_py_reparam_through_the_launcher(trained, digits32, tmp_path):
     proc = _run([
         '-m', 'timm_ghost.run', folder / 'validate.py', digits32, '--split', 'validation', '--model', 'ghostnet_050',
         '--num-classes', '10', '--checkpoint', trained / 'model_best.pth.tar', '--reparam', '--img-size', '32',
-        '--crop-pct', '1.0', '--interpolation', 'bicubic', '--device', 'cpu', '--workers', '0', '--no-prefetcher',
+        '--crop-pct', '1.0', '--interpolation', 'bicubic', '--device', 'cpu', '--workers', WORKERS, '--no-prefetcher',
         '--results-file', results, '--results-format', 'json',
     ], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -234,7 +238,7 @@ def test_validate_py_with_the_inference_model(trained, digits32, tmp_path):
         '-m', 'timm_ghost.run', '--inference-model', folder / 'validate.py', digits32, '--split', 'validation',
         '--model', 'ghostnet_050', '--num-classes', '10', '--checkpoint', trained / 'model_best.pth.tar',
         '--img-size', '32', '-b', '120', '--crop-pct', '1.0', '--interpolation', 'bicubic', '--device', 'cpu',
-        '--workers', '0', '--no-prefetcher', '--results-file', results, '--results-format', 'json',
+        '--workers', WORKERS, '--no-prefetcher', '--results-file', results, '--results-format', 'json',
     ], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = [line for line in proc.stderr.splitlines() if line.startswith('timm-ghost: inference model:')]
@@ -275,7 +279,7 @@ def test_inference_py_through_the_launcher(trained, digits32, tmp_path):
     proc = _run([
         '-m', 'timm_ghost.run', folder / 'inference.py', digits32 / 'validation', '--model', 'ghostnet_050',
         '--num-classes', '10', '--checkpoint', trained / 'model_best.pth.tar', '--img-size', '32', '--device', 'cpu',
-        '--workers', '0', '--topk', '1', '--results-dir', tmp_path, '--results-format', 'json', '--include-index',
+        '--workers', WORKERS, '--topk', '1', '--results-dir', tmp_path, '--results-format', 'json', '--include-index',
         '--fullname', '--crop-pct', '1.0',
     ], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

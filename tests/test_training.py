@@ -1,8 +1,8 @@
-"""The contract timm's train.py relies on, in-process: create_model with train.py's keywords, timm.task, timm.optim
-(layer decay), ModelEmaV3, checkpoint save / resume, grad checkpointing and channels_last in a training step."""
+"""The contract timm's train.py relies on, in-process: create_model with train.py's keywords, its training step
+(timm.task since timm 1.0.27, the model and its loss before: tests/helpers.py's TrainRun), timm.optim (layer decay),
+ModelEmaV3, checkpoint save / resume, grad checkpointing and channels_last in a training step."""
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
@@ -10,12 +10,11 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import randomize_
+from helpers import TASK_API, TrainRun, randomize_
 from safetensors.torch import save_file
 from timm.layers import DropPath
 from timm.optim import create_optimizer_v2
-from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
-from timm.utils import CheckpointSaver, ModelEmaV3, random_seed
+from timm.utils import ModelEmaV3, random_seed
 
 from timm_ghost import GhostNet
 
@@ -105,9 +104,9 @@ def test_pretrained_path_adapts_the_head(tmp_path):
 def test_classification_task_forward_and_backward():
     random_seed(0)
     model = _train_py_create()
-    task = ClassificationTask(model, criterion_kwargs=dict(smoothing=0.1), verbose=False)
+    run = TrainRun(model, smoothing=0.1)
     (x, y), = _batches(1)
-    result = task(x, y)
+    result = run(x, y)
     assert result['output'].shape == (8, 10) and result['loss'].ndim == 0
     expected = F.cross_entropy(result['output'], y, label_smoothing=0.1)
     assert (result['loss'] - expected).abs().item() < 1e-5
@@ -115,7 +114,9 @@ def test_classification_task_forward_and_backward():
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None for g in grads)
     assert sum(int(g.abs().sum() > 0) for g in grads) == len(grads)  # every parameter learns
-    assert task.get_trainable_module() is model and task.get_eval_model() is model
+    assert run.trainable_module() is model
+    if TASK_API:
+        assert run.task.get_eval_model() is model
 
 
 def test_optimizer_layer_decay_follows_the_network_depth():
@@ -162,56 +163,50 @@ def test_model_ema_v3_tracks_the_model():
 def _setup(seed: int):
     random_seed(seed)
     model = _train_py_create(drop_rate=0.2, drop_path_rate=0.1)
-    task = ClassificationTask(model, criterion_kwargs=dict(smoothing=0.1), verbose=False)
+    run = TrainRun(model, smoothing=0.1, ema_decay=0.9)
     opt = create_optimizer_v2(model, 'sgd', lr=0.05, momentum=0.9, weight_decay=1e-4)
-    task.setup_ema(decay=0.9)
-    return task, opt
+    return run, opt
 
 
-def _step(task, opt, batch, step: int) -> float:
-    task.train()
+def _step(run, opt, batch, step: int) -> float:
+    run.train()
     torch.manual_seed(1000 + step)  # dropout / drop-path draws, as a resumed run's seeding would give
-    result = task(*batch)
+    result = run(*batch)
     opt.zero_grad()
     result['loss'].backward()
     opt.step()
-    task.update_ema(step=step + 100)
+    run.update_ema(step=step + 100)
     return result['loss'].item()
 
 
 def test_save_resume_continues_exactly(tmp_path):
     batches = _batches(4, seed=5)
-    straight_task, straight_opt = _setup(seed=0)
-    straight = [_step(straight_task, straight_opt, b, i) for i, b in enumerate(batches)]
+    straight_run, straight_opt = _setup(seed=0)
+    straight = [_step(straight_run, straight_opt, b, i) for i, b in enumerate(batches)]
 
-    task, opt = _setup(seed=0)
-    first = [_step(task, opt, b, i) for i, b in enumerate(batches[:2])]
-    saver = CheckpointSaver(model=task.get_trainable_module(), optimizer=opt, args=argparse.Namespace(model=NAME),
-                            checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path), task=task)
-    saver.save_checkpoint(epoch=0, metric=50.)
+    run, opt = _setup(seed=0)
+    first = [_step(run, opt, b, i) for i, b in enumerate(batches[:2])]
+    run.saver(opt, str(tmp_path), NAME).save_checkpoint(epoch=0, metric=50.)
     checkpoint = tmp_path / 'checkpoint-0.pth.tar'
     assert checkpoint.is_file()
 
     resumed, resumed_opt = _setup(seed=123)  # other init: everything must come from the checkpoint
-    assert resume_task_checkpoint(resumed, str(checkpoint), optimizer=resumed_opt, log_info=False) == 1
-    load_task_ema_checkpoint(resumed, str(checkpoint))
+    assert resumed.resume(str(checkpoint), resumed_opt) == 1
     rest = [_step(resumed, resumed_opt, b, i) for i, b in enumerate(batches[2:], start=2)]
 
     assert first == straight[:2]
     assert rest == straight[2:]  # bit for bit: weights, BN statistics, momentum buffers and EMA all restored
-    for a, b in zip(resumed.get_trainable_module(ema=True).module.state_dict().values(),
-                    straight_task.get_trainable_module(ema=True).module.state_dict().values()):
+    for a, b in zip(resumed.ema_model().state_dict().values(), straight_run.ema_model().state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_checkpoint_loads_into_a_fresh_model_for_validation(tmp_path):
     """validate.py --checkpoint: timm.models.load_checkpoint reads train.py's file into create_model's model."""
     from timm.models import load_checkpoint
-    task, opt = _setup(seed=0)
-    _step(task, opt, _batches(1)[0], 0)
-    CheckpointSaver(model=task.get_trainable_module(), optimizer=opt, args=argparse.Namespace(model=NAME),
-                    checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path), task=task).save_checkpoint(0, 1.)
-    for use_ema, source in ((False, task.get_trainable_module()), (True, task.get_trainable_module(ema=True).module)):
+    run, opt = _setup(seed=0)
+    _step(run, opt, _batches(1)[0], 0)
+    run.saver(opt, str(tmp_path), NAME).save_checkpoint(0, 1.)
+    for use_ema, source in ((False, run.trainable_module()), (True, run.ema_model())):
         model = timm.create_model(NAME, num_classes=10)
         load_checkpoint(model, str(tmp_path / 'checkpoint-0.pth.tar'), use_ema=use_ema)
         for a, b in zip(model.state_dict().values(), source.state_dict().values()):
@@ -234,7 +229,7 @@ def test_train_step_variants_match_the_plain_step(variant):
         other.to(memory_format=torch.channels_last)
     losses = {}
     for name, model in (('plain', plain), (variant, other)):
-        task = ClassificationTask(model, verbose=False)
+        task = TrainRun(model)
         opt = create_optimizer_v2(model, 'sgd', lr=0.01, momentum=0.9)
         losses[name] = []
         # 64 px and 16 images: BatchNorm over 1x1 late maps of 8 images is too ill-conditioned to compare float32 runs

@@ -16,11 +16,12 @@ pytest.importorskip('transformers', reason="needs transformers: pip install 'tim
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-from helpers import randomize_  # noqa: E402
+from helpers import HUB_MODEL_ARGS, randomize_  # noqa: E402
 from hub_server import HubServer, hub_env  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import timm_ghost_cli as cli  # noqa: E402
+from timm_ghost._compat import timm_at_least  # noqa: E402
 from timm_ghost.ghostnet import GhostNet  # noqa: E402
 from timm_ghost.publish import HUB_FILES, save_hub_folder  # noqa: E402
 
@@ -54,7 +55,7 @@ def test_auto_model_builds_our_ghostnet_with_timms_logits(folders, kind):
 
     folder = folders[kind]
     config = json.loads((folder / 'config.json').read_text())
-    assert config['num_classes'] == 3 and config['model_args'] == {'in_chans': 3, 'global_pool': 'avg'}
+    assert config['num_classes'] == 3 and config.get('model_args') == HUB_MODEL_ARGS
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
     assert type(model.timm_model) is GhostNet  # timm_ghost's class, not timm.models.ghostnet.GhostNet
     assert model.config.id2label == dict(enumerate(LABELS)) and model.config.num_labels == 3
@@ -124,15 +125,19 @@ def test_timms_own_save_for_hf_folder_fails_and_the_working_form_loads(tmp_path)
 
     model = randomize_(timm.create_model('ghostnet_050', num_classes=3), 32).eval()
     save_for_hf(model, tmp_path, model_config=dict(label_names=LABELS), safe_serialization=True)
-    args = json.loads((tmp_path / 'config.json').read_text())['model_args']
-    assert args == {'num_classes': 3, 'in_chans': 3, 'global_pool': 'avg'}
-    with pytest.raises(TypeError, match="got multiple values for keyword argument 'num_classes'"):
-        AutoModelForImageClassification.from_pretrained(tmp_path)
-    args.pop('num_classes')
-    loaded = AutoModelForImageClassification.from_pretrained(tmp_path, model_args=args).eval()
+    args = json.loads((tmp_path / 'config.json').read_text()).get('model_args')
+    if timm_at_least('1.0.31'):
+        assert args == {'num_classes': 3, 'in_chans': 3, 'global_pool': 'avg'}
+        with pytest.raises(TypeError, match="got multiple values for keyword argument 'num_classes'"):
+            AutoModelForImageClassification.from_pretrained(tmp_path)
+        args.pop('num_classes')
+    else:  # timm records model_args since 1.0.31: an older timm's folder has none, and loads as it is
+        assert args is None
+    extra = dict(model_args=args) if args else {}
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path, **extra).eval()
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         diff = (loaded(pixel_values=x).logits - model(x)).abs().max().item()
     assert type(loaded.timm_model) is GhostNet and diff <= 1e-5, diff
-    classifier = pipeline('image-classification', model=str(tmp_path), model_kwargs=dict(model_args=args))
+    classifier = pipeline('image-classification', model=str(tmp_path), model_kwargs=extra)
     assert sorted(r['label'] for r in classifier(_image(1), top_k=None)) == sorted(LABELS)

@@ -144,15 +144,17 @@ def train_classifier(
         progress: bool = True,
         log: Callable[[str], None] = print,
 ) -> List[Dict[str, float]]:
-    """Train ``model`` in place with timm.task.ClassificationTask (label smoothing), timm.optim.create_optimizer_v2
+    """Train ``model`` in place with timm.task.ClassificationTask (label smoothing; the same step on a timm without
+    timm.task, see :func:`timm_ghost._compat.classification_task`), timm.optim.create_optimizer_v2
     and timm.scheduler.create_scheduler_v2 (per-update warm-up + cosine). Returns one dict per epoch:
     ``epoch``, ``loss`` (mean training loss), ``lr`` (at the epoch's end), ``val_top1`` (%), ``seconds``."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
-    from timm.task import ClassificationTask
     from tqdm.auto import tqdm
 
-    task = ClassificationTask(model, criterion_kwargs=dict(smoothing=cfg.smoothing), verbose=False)
+    from ._compat import classification_task
+
+    task = classification_task(model, smoothing=cfg.smoothing)
     optimizer = create_optimizer_v2(
         model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     updates_per_epoch = len(train_loader)

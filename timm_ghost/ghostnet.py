@@ -20,13 +20,12 @@ from timm.layers import (
     Linear,
     SelectAdaptivePool2d,
     create_conv2d,
-    get_device_dtype,
     make_divisible,
     register_notrace_module,
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from ._compat import feature_take_indices, pretrained_cfg_for_features
+from ._compat import feature_take_indices, get_device_dtype, pretrained_cfg_for_features
 from .arch import GHOSTNET_STAGES, HEAD_CHS, PAPER_RESULTS, STEM_CHS, WIDTHS, BlockCfg, PaperResult
 from .blocks import ConvBnAct, GhostBottleneck, StemNorm
 from .errors import UnsupportedPoolError

@@ -38,6 +38,12 @@ __all__ = [
 _PROFILER_KEYS = ('total_ops', 'total_params')
 
 
+def _weights_only_cfg(cfg: PretrainedCfg, path: Path) -> PretrainedCfg:
+    """``cfg`` handing timm the tensors of the local pickle ``path``, read weights-only here: timm before 1.0.26
+    unpickles local files with ``weights_only=False`` (see :func:`timm_ghost._compat.timm_loads_weights_only`)."""
+    return dataclasses.replace(cfg, state_dict=_compat.load_state_dict_weights_only(path), file=None)
+
+
 def _pretrained_tags(variant: str) -> list:
     return list_pretrained(f'{variant}.*')
 
@@ -88,12 +94,16 @@ def prepare_pretrained(
         local = download_url(str(location), cache_dir=cache_dir, what=what)
     elif source == 'local-dir':
         local = _local_dir_weights(Path(location))
+        if local.suffix != '.safetensors' and not _compat.timm_loads_weights_only():
+            return _weights_only_cfg(cfg, local), None, cfg.to_dict()
     elif source == 'file':
         local = Path(location)
         if not local.is_file():
             raise PretrainedWeightsError(f'{what}: pretrained file not found: {location}')
         if paddle.looks_like_pdparams(local):  # timm's loader reads no Paddle pickles: convert, hand over tensors
             return dataclasses.replace(cfg, state_dict=paddle.load_pdparams(local), file=None), None, cfg.to_dict()
+        if local.suffix != '.safetensors' and not _compat.timm_loads_weights_only():
+            return _weights_only_cfg(cfg, local), None, cfg.to_dict()
     else:
         raise PretrainedWeightsError(f'{variant}: no usable weight source in its pretrained_cfg ({cfg})')
     load_cfg = dataclasses.replace(

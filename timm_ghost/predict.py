@@ -93,13 +93,13 @@ def _tensor_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
                 f'{path}: not a readable safetensors file, truncated or corrupt ({_one_line(e)}; '
                 f'{path.stat().st_size:,d} bytes)') from e
     if path.suffix in TORCH_SUFFIXES:
-        from timm.models import load_state_dict
+        from ._compat import load_state_dict_weights_only
 
         what = _what_file(path)
         if what not in ('a Python pickle', 'a torch checkpoint'):
             raise PretrainedWeightsError(f'{path}: {what}, not a torch checkpoint; --weights takes {_ACCEPTED}')
         try:
-            state_dict = load_state_dict(str(path), weights_only=True)
+            state_dict = load_state_dict_weights_only(path)
         except Exception as e:  # torch.load fails in many ways (UnpicklingError, KeyError, OSError...): name the file
             if isinstance(e, pickle.UnpicklingError) or 'weights_only' in str(e):
                 raise PretrainedWeightsError(

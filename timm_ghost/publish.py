@@ -74,10 +74,10 @@ def save_hub_folder(model: torch.nn.Module, folder: os.PathLike, model_config: O
 
     Returns the config written (the parsed ``config.json``).
     """
-    from timm.models import save_for_hf
+    from ._compat import save_for_hf
 
     folder = Path(folder)
-    save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True, data_config=data_config)
+    save_for_hf(model, folder, model_config=model_config, data_config=data_config)
     path = folder / 'config.json'
     config = json.loads(path.read_text(encoding='utf-8'))
     model_args = config.get('model_args')
@@ -91,13 +91,13 @@ def save_hub_folder(model: torch.nn.Module, folder: os.PathLike, model_config: O
 
 def _load_source(src: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
     """Tensors of a local checkpoint (safetensors, or a pickle read with weights_only=True), containers unwrapped."""
-    from timm.models import load_state_dict
+    from ._compat import load_state_dict_weights_only
     if not src.is_file():
         raise FileNotFoundError(f'src {src}: no such checkpoint file')
     if paddle.looks_like_pdparams(src):  # PaddleClas's GhostNet: read without running code, mapped to timm's keys
         return paddle.load_pdparams(src)
     try:
-        return load_state_dict(str(src), use_ema=use_ema, weights_only=True)
+        return load_state_dict_weights_only(src, use_ema=use_ema)
     except Exception as e:
         raise ConversionError(
             f'src {src}: not a readable checkpoint (safetensors, or a torch pickle of tensors loadable with '
