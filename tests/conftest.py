@@ -57,3 +57,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def pytest_make_collect_report(collector: pytest.Collector):
     outcome = yield
     _strict(outcome.get_result())
+
+
+@pytest.fixture(scope='module')
+def full_digits_weights(tmp_path_factory: pytest.TempPathFactory):
+    """The classification demo's full run (its default settings): the digits weights the full dense demos start
+    from. Module-scoped: each file that uses it trains its own, so files on different workers need not wait."""
+    from timm_ghost.demo import DemoConfig, run_demo
+
+    out = tmp_path_factory.mktemp('classify_full') / 'demo'
+    return run_demo(out, DemoConfig(), progress=False, log=lambda s: None).model_dir

@@ -21,10 +21,9 @@ REDUCED_SCENES = dict(canvas=96, min_size=20, max_size=40, train_scenes=240, val
 # floors of the reduced runs (batches of 8 on 240 scenes of 96 px, from a 2-epoch digits classifier)
 REDUCED_MAP50_FLOOR = 0.25  # measured 0.44 (4 epochs)
 REDUCED_MIOU_FLOOR = 0.12  # measured 0.16 (8 epochs); predicting background everywhere scores 0.086
-# the full runs' floors (docs/dense.md). Detection: measured 0.95. Segmentation (AdamW 5e-3, 8 epochs): measured 0.787
-# and 0.804 (two training seeds on the same scenes), against the 0.70 asked for
+# the full detection run's floor (docs/dense.md; measured 0.95); the segmentation run's is in
+# tests/test_segment_demo_full.py (its own file, so that CI's slow step runs the two on two workers at once)
 FULL_MAP50_FLOOR = 0.80
-FULL_MIOU_FLOOR = 0.75
 
 
 @pytest.fixture(scope='module')
@@ -99,12 +98,6 @@ def test_cli_dense_task_refuses_the_classify_settings(capsys, tmp_path):
     assert not (tmp_path / 'x').exists()
 
 
-@pytest.fixture(scope='module')
-def full_digits_weights(tmp_path_factory):
-    out = tmp_path_factory.mktemp('classify_full') / 'demo'
-    return run_demo(out, DemoConfig(), progress=False, log=lambda s: None).model_dir
-
-
 @pytest.mark.slow
 def test_detect_demo_full_run_reaches_its_floor(full_digits_weights, tmp_path):
     cfg = default_config('detect')
@@ -113,13 +106,3 @@ def test_detect_demo_full_run_reaches_its_floor(full_digits_weights, tmp_path):
     assert result.metrics['mAP50'] >= FULL_MAP50_FLOOR, result.metrics
     assert result.folded_max_abs_diff < 1e-3
     (tmp_path / 'det' / 'model.safetensors').unlink()
-
-
-@pytest.mark.slow
-def test_segment_demo_full_run_reaches_its_floor(full_digits_weights, tmp_path):
-    cfg = default_config('segment')
-    cfg.digits_weights = full_digits_weights
-    result = run_segment_demo(tmp_path / 'seg', cfg, progress=False, log=lambda s: None)
-    assert result.metrics['mIoU'] >= FULL_MIOU_FLOOR, result.metrics
-    assert result.folded_max_abs_diff < 1e-4
-    (tmp_path / 'seg' / 'model.safetensors').unlink()
