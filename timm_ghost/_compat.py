@@ -7,13 +7,14 @@ model needs the first group at import; the rest are imported lazily by the funct
 
 timm-ghost supports timm ``TIMM_FLOOR`` (1.0.21) to ``TIMM_TESTED`` (1.0.31). Public timm APIs newer than the floor
 are reached through the shims of the second group, each saying since which release timm has it and what stands in
-for it before; a feature that cannot work on an older timm says so in one line (:func:`require_timm`).
+for it before.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import os
+import re
 import warnings
 from typing import Any, Callable, ContextManager, Dict, Optional, Tuple, Union
 
@@ -24,7 +25,7 @@ import torch.nn as nn
 __all__ = [
     'SqueezeExcite', 'feature_take_indices', 'pretrained_cfg_for_features', 'resolve_pretrained_source',
     'generate_readme', 'http_get', 'onednn_ops', 'disable_onednn', 'executorch_reset_threadpool', 'is_compiling',
-    'compile_config', 'TIMM_FLOOR', 'TIMM_TESTED', 'timm_at_least', 'require_timm', 'get_device_dtype',
+    'compile_config', 'TIMM_FLOOR', 'TIMM_TESTED', 'timm_at_least', 'get_device_dtype',
     'classification_task', 'save_for_hf', 'load_state_dict_weights_only', 'timm_loads_weights_only',
 ]
 
@@ -35,14 +36,15 @@ TIMM_TESTED = '1.0.31'
 
 
 def _release(version: str) -> Tuple[int, ...]:
-    """``'1.0.17'`` -> ``(1, 0, 17)``; a local or pre-release suffix (``1.0.29.dev0``, ``1.0.20+cpu``) is cut."""
+    """``'1.0.21'`` -> ``(1, 0, 21)``: the release numbers, a pre-release, dev or local suffix cut (``1.0.29.dev0``,
+    ``1.0.30rc1`` and ``1.0.30+cpu`` give ``(1, 0, 29)``, ``(1, 0, 30)``, ``(1, 0, 30)``)."""
     parts = []
     for part in version.split('+')[0].split('.'):
-        digits = ''.join(c for c in part if c.isdigit()) if part[:1].isdigit() else ''
-        if not digits:
+        digits = re.match(r'\d+', part)
+        if digits is None:
             break
-        parts.append(int(digits))
-        if not part.isdigit():
+        parts.append(int(digits.group()))
+        if digits.end() < len(part):
             break
     return tuple(parts)
 
@@ -50,15 +52,6 @@ def _release(version: str) -> Tuple[int, ...]:
 def timm_at_least(version: str) -> bool:
     """Whether the installed timm is ``version`` or newer (release numbers only: 1.0.29.dev0 counts as 1.0.29)."""
     return _release(timm.__version__) >= _release(version)
-
-
-def require_timm(version: str, feature: str) -> None:
-    """Raise a one-line :class:`~timm_ghost.errors.MissingDependencyError` naming ``feature`` and the timm it needs
-    unless the installed timm is ``version`` or newer."""
-    if not timm_at_least(version):
-        from .errors import MissingDependencyError
-        raise MissingDependencyError(
-            f'{feature} needs timm >= {version}; timm {timm.__version__} is installed (pip install "timm>={version}")')
 
 
 def _private(module: str, name: str, why: str, since: str, package: str = 'timm') -> Any:
