@@ -24,6 +24,7 @@ import timm
 import torch
 
 import timm_ghost_cli as cli
+from timm_ghost._compat import timm_at_least
 from timm_ghost.errors import ConversionError, PretrainedWeightsError
 from timm_ghost.paddle import (
     CONVERTER_VERSION,
@@ -334,10 +335,16 @@ def test_a_paddle_pickle_under_another_name_is_recognised_by_its_keys(oracles, t
 
 
 # ------------------------------------------------------------------------------------------------ convert + push
+# timm's own local-dir: loader reads safetensors since timm 1.0.26 (before, it torch.loads every file, safetensors
+# too): plain timm of an older release loads the folder's weights file instead
 _PLAIN_TIMM = r'''
 import json, sys, numpy as np, torch, timm
-folder, oracle = sys.argv[1:3]
-model = timm.create_model('local-dir:' + folder, pretrained=True).eval()
+folder, oracle, local_dir = sys.argv[1:4]
+if local_dir == '1':
+    model = timm.create_model('local-dir:' + folder, pretrained=True).eval()
+else:
+    model = timm.create_model('ghostnet_050', pretrained=True, pretrained_cfg_overlay=dict(
+        file=folder + '/model.safetensors')).eval()
 with torch.no_grad():
     y = model(torch.from_numpy(np.load(oracle + '/input.npy')))
 print(json.dumps(dict(diff=(y - torch.from_numpy(np.load(oracle + '/logits.npy'))).abs().max().item(),
@@ -369,8 +376,10 @@ def test_convert_writes_a_hub_folder_that_plain_timm_loads_and_push_publishes(or
     assert 'https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/GhostNet_x0_5_pretrained.pdparams' in card
 
     env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
-    proc = subprocess.run([sys.executable, '-c', _PLAIN_TIMM, str(out), str(oracle.folder)], capture_output=True,
-                          text=True, env=dict(env, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1'), timeout=300)
+    local_dir = '1' if timm_at_least('1.0.26') else '0'
+    proc = subprocess.run([sys.executable, '-c', _PLAIN_TIMM, str(out), str(oracle.folder), local_dir],
+                          capture_output=True, text=True, env=dict(env, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1'),
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plain = json.loads(proc.stdout.strip().splitlines()[-1])
     assert plain['module'] == 'timm.models.ghostnet' and plain['imported'] == []  # timm's built-in, alone

@@ -253,14 +253,20 @@ def compile_config(options: Dict[str, Any], recompile_limit: int = 64) -> Contex
     ``freezing``: dynamo decides at trace time, from the global ``torch._inductor.config.freezing``, whether
     parameters are frozen constants (torch 2.14: ``torch._dynamo.utils.is_parameter_freezing``), so
     ``options={'freezing': True}`` alone freezes nothing. Frozen parameters are guarded by identity, so every model a
-    process compiles is a recompile of the same ``forward`` code; past dynamo's ``recompile_limit`` (8 in torch 2.14)
-    the next model silently runs eager. Here the limit is ``recompile_limit`` and hitting it raises, so the caller can
-    say so. Neither config module has a public form; ``config.patch`` is the context manager torch's own tests use."""
+    process compiles is a recompile of the same ``forward`` code; past dynamo's ``recompile_limit`` (8 in torch 2.14;
+    ``cache_size_limit`` in torch 2.6) the next model silently runs eager. Here the limit is ``recompile_limit`` and
+    hitting it raises, so the caller can say so. Neither config module has a public form; ``config.patch`` is the
+    context manager torch's own tests use."""
     inductor = _private('torch._inductor', 'config', why="inductor's settings (freezing must be set while dynamo "
                         'traces)', since='2.0', package='torch')
     dynamo = _private('torch._dynamo', 'config', why="dynamo's recompile limit (raise instead of running eager)",
                       since='2.0', package='torch')
-    limits = {'recompile_limit': max(recompile_limit, dynamo.recompile_limit), 'fail_on_recompile_limit_hit': True}
+    # the limit's names: recompile_limit / fail_on_recompile_limit_hit in newer torch (2.14: the old names are aliases
+    # of these), cache_size_limit / fail_on_cache_limit_hit before (torch 2.6, the floor, has only those)
+    new_names = hasattr(dynamo, 'recompile_limit')
+    limit = 'recompile_limit' if new_names else 'cache_size_limit'
+    fail = 'fail_on_recompile_limit_hit' if new_names else 'fail_on_cache_limit_hit'
+    limits = {limit: max(recompile_limit, getattr(dynamo, limit)), fail: True}
     stack = contextlib.ExitStack()
     stack.enter_context(inductor.patch(options))
     stack.enter_context(dynamo.patch(**{k: v for k, v in limits.items() if hasattr(dynamo, k)}))
