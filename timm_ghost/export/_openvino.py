@@ -15,12 +15,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .form import int8_weights_saturate
+
 NAME = 'openvino'
 RUNTIME = 'openvino'
 EXTRA = 'openvino'
 PACKAGES = ('openvino', 'nncf')
 PRECISIONS = ('fp32', 'bf16', 'int8')
-QUANT_METHOD = 'nncf.quantize (defaults: performance preset, int8 per-channel weights)'
+QUANT_METHOD = ('nncf.quantize (defaults: performance preset, int8 per-channel weights; 7-bit weights, overflow_fix, '
+                'on x86 CPUs without VNNI)')
 ARTIFACT = 'model.xml'
 HINTS = {'fp32': 'f32', 'int8': 'f32', 'bf16': 'bf16'}
 MAX_COMPILED_SHAPES = 8  # input shapes a loaded export keeps compiled (least recently used dropped first)
@@ -52,7 +55,11 @@ def build(model: nn.Module, example: torch.Tensor, out: Path, work: Path, precis
         import nncf
 
         data = [image[None].numpy() for batch in calib for image in batch]  # NNCF counts dataset items as samples
-        ov_model = nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data))
+        kwargs = {}
+        if int8_weights_saturate():
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+            kwargs['advanced_parameters'] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+        ov_model = nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data), **kwargs)
     ov.save_model(ov_model, out / ARTIFACT, compress_to_fp16=False)
     return [ARTIFACT, 'model.bin']
 

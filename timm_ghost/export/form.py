@@ -26,16 +26,36 @@ measured).
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['export_form', 'pad_channels', 'GhostBottleneckExport', 'GhostBottleneckPadded', 'PAD_CHANNELS',
-           'padded_layout', 'halves_layout', 'remap_conv', 'remap_depthwise', 'frozen_conv', 'conv1x1']
+__all__ = ['export_form', 'pad_channels', 'int8_weights_saturate', 'GhostBottleneckExport', 'GhostBottleneckPadded',
+           'PAD_CHANNELS', 'padded_layout', 'halves_layout', 'remap_conv', 'remap_depthwise', 'frozen_conv', 'conv1x1']
 
 PAD_CHANNELS = 16  # ONNX Runtime's NCHWc block with AVX-512 (AVX2's, 8, divides it)
+
+
+@functools.lru_cache(maxsize=1)
+def int8_weights_saturate() -> bool:
+    """Whether int8 convolutions with full 8-bit weights can saturate on this CPU: an x86 CPU without VNNI
+    (AVX512-VNNI or AVX-VNNI) multiplies uint8 activations by int8 weights with VPMADDUBSW, whose 16-bit pair sums
+    overflow (ONNX Runtime's quantization docs), which cost the digits-trained ghostnet_050 2 to 4 points of top-1
+    on such a CPU. The int8 exports then quantize weights to 7 bits (ONNX Runtime's ``reduce_range``, NNCF's
+    ``overflow_fix``). Read from /proc/cpuinfo; False where it cannot be read or the CPU is not x86."""
+    import platform
+
+    if platform.machine().lower() not in ('x86_64', 'amd64', 'i386', 'i686'):
+        return False
+    try:
+        text = open('/proc/cpuinfo').read()
+    except OSError:
+        return False
+    flags = set(next((line.split(':', 1)[1].split() for line in text.splitlines() if line.startswith('flags')), []))
+    return bool(flags) and not flags & {'avx512_vnni', 'avx_vnni'}
 
 
 def conv1x1(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
