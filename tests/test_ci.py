@@ -34,8 +34,14 @@ def test_ci_runs_the_readme_test_command_line_by_line():
     readme = _readme_test_command()
     assert readme == ['pip install -e ".[test]"', 'ruff check .', 'python -m pytest -q']
     ci = _ci_commands()
-    at = ci.index(readme[0])
-    assert ci[at:at + len(readme)] == readme
+    at = [ci.index(line) for line in readme]
+    assert at == sorted(at)
+    # between them only bookkeeping: the elapsed times, waiting for the Paddle environment, starting the floor build
+    between = ci[at[0] + 1:at[-1]]
+    assert [line for line in between if line not in readme] == [
+        "elapsed 'main environment'", 'finish "$paddle_job" "$LOGS/paddle.log"', "elapsed 'paddle environment'",
+        '(deactivate; FLOOR_STEPS=build nice -n 10 bash .ci/floor-env) > "$LOGS/floor-build.log" 2>&1 &',
+        'floor_job=$!']
 
 
 def test_ci_steps_cannot_fail_silently():
@@ -54,7 +60,8 @@ def test_the_floor_environment_is_the_built_wheel():
     environment, smoke-test it from another folder, then run the core suite and timm's conformance run on it; no
     editable install, no other environment with torch."""
     ci = _ci_commands()
-    assert ci[-2:] == ['bash .ci/floor-env', "elapsed 'floor environment (the wheel)'"]
+    assert ci[-4:] == ['finish "$floor_job" "$LOGS/floor-build.log"', 'deactivate',
+                       'FLOOR_STEPS=test bash .ci/floor-env', "elapsed 'floor environment (the wheel)'"]
     assert not (ROOT / '.ci' / 'wheel-smoke').exists() and not any('wheel-smoke' in line for line in ci)
     floor = _ci_commands(CI_FLOOR)
     assert floor[0] == 'set -euo pipefail'
@@ -69,9 +76,8 @@ def test_the_floor_environment_is_the_built_wheel():
         'python -m pip install --quiet "$wheel"',
         'timm-ghost info',
         "step 'wheel smoke test'",
-        'python -m pip install --quiet pytest pytest-xdist scikit-learn pandas',
-        "TIMM_GHOST_TEST_INSTALLED=1 pytest -q -m 'not slow' -k 'not onnx' -p no:cacheprovider --basetemp "
-        '"$WORK/pytest-tmp" \\',
+        'python -m pip install --quiet pytest pytest-xdist scikit-learn pandas segmentation-models-pytorch',
+        "TIMM_GHOST_TEST_INSTALLED=1 TIMM_GHOST_TEST_WIDTHS=ghostnet_050 pytest -q -m 'not slow' -k 'not onnx' \\",
         'python tests/timm_conformance/run.py',
     ]
     at = [floor.index(line) for line in steps]
@@ -80,7 +86,7 @@ def test_the_floor_environment_is_the_built_wheel():
     assert [line for line in floor if re.search(r' -m venv ', line)] == [
         '"$PYTHON" -m venv "$WORK/tools"', '"$PYTHON" -m venv "$WORK/venv"']
     installs = [line for line in floor if 'pip install' in line]
-    assert not [line for line in installs if re.search(r' -e |\s\.(\s|$)|torch', line)], installs
+    assert not [line for line in installs if re.search(r' -e |\s\.(\s|$)|(?<![\w-])torch(?![\w-])', line)], installs
 
 
 def test_a_suite_meant_for_the_installed_package_refuses_the_source_tree():
