@@ -59,11 +59,52 @@ def pytest_make_collect_report(collector: pytest.Collector):
     _strict(outcome.get_result())
 
 
-@pytest.fixture(scope='module')
-def full_digits_weights(tmp_path_factory: pytest.TempPathFactory):
-    """The classification demo's full run (its default settings): the digits weights the full dense demos start
-    from. Module-scoped: each file that uses it trains its own, so files on different workers need not wait."""
-    from timm_ghost.demo import DemoConfig, run_demo
+# .ci/floor-env sets TIMM_GHOST_TEST_WIDTHS=ghostnet_050: the floor run checks the older timm / torch / Hub versions,
+# which the widths meet through the same classes, so tests parametrized over the widths run the named ones only (the
+# main environment runs every width; the floor's timm conformance run, every width too).
+TEST_WIDTHS = [w.strip() for w in os.environ.get('TIMM_GHOST_TEST_WIDTHS', '').split(',') if w.strip()]
 
-    out = tmp_path_factory.mktemp('classify_full') / 'demo'
-    return run_demo(out, DemoConfig(), progress=False, log=lambda s: None).model_dir
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if not TEST_WIDTHS:
+        return
+    import timm_ghost
+
+    unknown = sorted(set(TEST_WIDTHS) - set(timm_ghost.MODEL_NAMES))
+    if unknown:
+        raise pytest.UsageError(f'TIMM_GHOST_TEST_WIDTHS: expected names from {", ".join(timm_ghost.MODEL_NAMES)}, '
+                                f'got {", ".join(unknown)}')
+    others = set(timm_ghost.MODEL_NAMES) - set(TEST_WIDTHS)
+
+    def other_width(item: pytest.Item) -> bool:
+        params = getattr(getattr(item, 'callspec', None), 'params', {})
+        return any(isinstance(v, str) and v in others for v in params.values())
+
+    deselected = [item for item in items if other_width(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not other_width(item)]
+
+
+@pytest.fixture(scope='session')
+def full_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of ``timm-ghost demo`` with its default settings (the README's main job, its full run), made
+    once per test run: under pytest-xdist the first worker to ask runs it in the workers' common temporary folder
+    while the others wait on a file lock, then all read it (the two full dense demos start from its weights)."""
+    from filelock import FileLock
+
+    from timm_ghost.cli import main
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base  # one run's, never an earlier run's
+    out = shared / 'classify_full_demo'
+    with FileLock(str(shared / 'classify_full_demo.lock')):
+        if not (out / 'results.json').is_file():  # the demo writes its folder whole or not at all
+            assert main(['demo', '--out', str(out), '--no-progress']) == 0
+    return out
+
+
+@pytest.fixture(scope='session')
+def full_digits_weights(full_demo: Path) -> Path:
+    """The full classification demo's digits weights, which the full dense demos start from."""
+    return full_demo / 'model'

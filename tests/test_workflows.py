@@ -565,10 +565,9 @@ def test_demo_bad_options(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_full_reaches_95_percent(tmp_path, capsys):
-    """The README's main job with its defaults (a few minutes on two cores)."""
-    out = tmp_path / 'demo'
-    assert main(['demo', '--out', str(out), '--no-progress']) == 0
-    r = json.loads((out / 'results.json').read_text())
+def test_demo_full_reaches_95_percent(full_demo):
+    """The README's main job with its defaults (a few minutes on two cores): ``timm-ghost demo --out OUT
+    --no-progress``, run once for the slow tests (tests/conftest.py's ``full_demo``)."""
+    r = json.loads((full_demo / 'results.json').read_text())
     assert r['val_top1'] >= 95.0, r['history']
     assert r['fused_top1'] >= 95.0 and r['same_argmax'] == r['num_val']
