@@ -3,6 +3,7 @@ Nothing about speed is asserted (timings on a shared CI machine mean nothing).""
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,23 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _refused(script: str, *args: str) -> tuple:
+    """``(exit status, stderr)`` of a benchmark's command line that its parser refuses, run in this process: the
+    parser exits before any benchmark runs, so each case skips an interpreter start and its torch import."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    argv, path = sys.argv, list(sys.path)
+    sys.argv, sys.path[:0] = [script, *args], [str(BENCH)]
+    try:
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+            runpy.run_path(str(BENCH / script), run_name='__main__')
+    finally:
+        sys.argv, sys.path[:] = argv, path
+    return e.value.code, err.getvalue()
 
 
 @pytest.fixture(scope='module')
@@ -144,12 +162,12 @@ def test_report_errors_name_the_file(tmp_path):
 
 
 def test_bad_arguments_are_refused_with_the_parameter_named():
-    res = _run('bench_inference.py', '--batch-sizes', '1,x')
-    assert res.returncode == 2 and '--batch-sizes: expected comma-separated positive integers' in res.stderr
-    res = _run('bench_inference.py', '--rows', 'deploy')
-    assert res.returncode == 2 and '--rows' in res.stderr
-    res = _run('bench_train.py', '--batch-sizes', '0')
-    assert res.returncode == 2 and '--batch-sizes' in res.stderr
+    code, err = _refused('bench_inference.py', '--batch-sizes', '1,x')
+    assert code == 2 and '--batch-sizes: expected comma-separated positive integers' in err
+    code, err = _refused('bench_inference.py', '--rows', 'deploy')
+    assert code == 2 and '--rows' in err
+    code, err = _refused('bench_train.py', '--batch-sizes', '0')
+    assert code == 2 and '--batch-sizes' in err
 
 
 def _between(path: Path, markers: tuple) -> str:
@@ -374,9 +392,10 @@ def test_report_renders_the_peers_tables_and_readme_line(peers, tmp_path):
                                            ('--precisions', 'bf16'), ('--models', '')])
 def test_bad_peers_arguments_are_refused_with_the_option_named(option, value, tmp_path):
     # --short and --out bound what a parser that let the value through would run and where it would write
-    res = _run('bench_peers.py', '--short', '--out', str(tmp_path / 'peers.json'), option, value, timeout=120)
+    code, err = _refused('bench_peers.py', '--short', '--out', str(tmp_path / 'peers.json'), option, value)
     what = f'unknown {value!r}' if value else 'empty'
-    assert res.returncode == 2 and f'{option}: {what}; expected a comma-separated subset of ' in res.stderr
+    assert code == 2 and f'{option}: {what}; expected a comma-separated subset of ' in err
+    assert not (tmp_path / 'peers.json').exists()
 
 
 def test_compile_options_short_run_times_each_variant_against_freezing(tmp_path):

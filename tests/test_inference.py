@@ -16,9 +16,12 @@ import torch.nn as nn
 from helpers import MODEL_NAMES, randomize_
 
 import timm_ghost
-from timm_ghost.inference import DeferredInferenceModel, InferenceModel, compile_report
+from timm_ghost.inference import INDUCTOR_OPTIONS, DeferredInferenceModel, InferenceModel, compile_report
 
 TOL = 1e-4
+# The default options are compiled at every width (the first test); the tests of something else (frozen weights, the
+# feature maps, smp) compile without max_autotune, whose GEMM tuning is about half of each compile on 2 cores.
+UNTUNED = {k: v for k, v in INDUCTOR_OPTIONS.items() if k != 'max_autotune'}
 X64 = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
 
 
@@ -57,7 +60,7 @@ def test_weights_are_frozen_into_the_compiled_graph():
     """freezing is in force while dynamo traces: the compiled model holds the weights as constants, so changing the
     module's weight afterwards changes the eager output and not the compiled one."""
     model = randomize_(timm.create_model('ghostnet_050')).eval()
-    fast = timm_ghost.inference_model(model, batch_size=2, img_size=64)
+    fast = timm_ghost.inference_model(model, batch_size=2, img_size=64, options=UNTUNED)
     before = fast(X64)
     with torch.no_grad():
         fast.model.conv_head.weight.mul_(2.0)
@@ -91,7 +94,7 @@ def test_more_models_than_dynamos_recompile_limit_all_compile():
 def test_features_only_maps_equal_the_eval_model():
     """Feature 0 is the stem conv's raw output (timm's tap): its norm stays unfolded so that map stays exact."""
     model = randomize_(timm.create_model('ghostnet_100', features_only=True))
-    fast = timm_ghost.inference_model(model)
+    fast = timm_ghost.inference_model(model, options=UNTUNED)
     assert fast.feature_info.channels() == model.feature_info.channels() == [16, 24, 40, 80, 160]
     assert _norms(fast) == 1  # the stem's
     maps = fast(X64)
@@ -158,7 +161,7 @@ def test_compile_false_is_the_folded_channels_last_model():
 def test_smp_segmenter_with_a_ghostnet_encoder():
     smp = pytest.importorskip('segmentation_models_pytorch')
     model = randomize_(smp.Unet('tu-ghostnet_050', encoder_weights=None, classes=2))
-    fast = timm_ghost.inference_model(model, batch_size=2, img_size=64)
+    fast = timm_ghost.inference_model(model, batch_size=2, img_size=64, options=UNTUNED)
     assert fast.backend == 'inductor' and _norms(fast.encoder) == 1  # the stem's: smp's decoder takes its raw map
     out = fast(X64)
     assert out.shape == (2, 2, 64, 64) and _diff(out, _eval_out(model, X64)) <= TOL
