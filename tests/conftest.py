@@ -93,7 +93,7 @@ def full_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     while the others wait on a file lock, then all read it (the two full dense demos start from its weights)."""
     from filelock import FileLock
 
-    from timm_ghost.cli import main
+    from timm_ghost_cli import main
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base  # one run's, never an earlier run's
