@@ -51,17 +51,19 @@ def test_ci_steps_cannot_fail_silently():
     lists = [line for line in ci if re.search(r'&&|\|\|', line)]
     assert lists == []
     assert 'export TIMM_GHOST_STRICT_SKIPS=1' in ci
-    assert 'python -m pytest -q -m slow' in ci
+    assert 'nice -n 10 python -m pytest -q -m slow > "$LOGS/slow.log" 2>&1 &' in ci
+    assert 'finish "$slow_job" "$LOGS/slow.log"' in ci
     assert 'python tests/timm_conformance/run.py' in ci
 
 
 def test_the_floor_environment_is_the_built_wheel():
-    """.ci/run's last step, .ci/floor-env: build and check the wheel, install it alone into the Python 3.10 floor
+    """.ci/run's floor step, .ci/floor-env: build and check the wheel, install it alone into the Python 3.10 floor
     environment, smoke-test it from another folder, then run the core suite and timm's conformance run on it; no
     editable install, no other environment with torch."""
     ci = _ci_commands()
-    assert ci[-4:] == ['finish "$floor_job" "$LOGS/floor-build.log"', 'deactivate',
-                       'FLOOR_STEPS=test bash .ci/floor-env', "elapsed 'floor environment (the wheel)'"]
+    assert ci[-6:-2] == ['finish "$floor_job" "$LOGS/floor-build.log"', 'deactivate',
+                         'FLOOR_STEPS=test bash .ci/floor-env', "elapsed 'floor environment (the wheel)'"]
+    assert ci[-2:] == ['finish "$slow_job" "$LOGS/slow.log"', "elapsed 'slow tests'"]
     assert not (ROOT / '.ci' / 'wheel-smoke').exists() and not any('wheel-smoke' in line for line in ci)
     floor = _ci_commands(CI_FLOOR)
     assert floor[0] == 'set -euo pipefail'
