@@ -78,7 +78,8 @@ def test_the_floor_environment_is_the_built_wheel():
         'python -m pip install --quiet "$wheel"',
         'timm-ghost info',
         "step 'wheel smoke test'",
-        'python -m pip install --quiet pytest pytest-xdist scikit-learn pandas segmentation-models-pytorch',
+        ('python -m pip install --quiet pytest pytest-xdist scikit-learn pandas segmentation-models-pytorch '
+         'pycocotools'),
         "TIMM_GHOST_TEST_INSTALLED=1 TIMM_GHOST_TEST_WIDTHS=ghostnet_050 pytest -q -m 'not slow' -k 'not onnx' \\",
         'python tests/timm_conformance/run.py',
     ]
