@@ -105,6 +105,6 @@ def full_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope='session')
-def full_digits_weights(full_demo: Path) -> Path:
+def full_digits_weights(full_demo: Path) -> str:
     """The full classification demo's digits weights, which the full dense demos start from."""
-    return full_demo / 'model'
+    return str(full_demo / 'model')
