@@ -76,14 +76,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
                                 f'got {", ".join(unknown)}')
     others = set(timm_ghost.MODEL_NAMES) - set(TEST_WIDTHS)
 
-    def other_width(item: pytest.Item) -> bool:
+    kept, deselected = [], []
+    for item in items:
         params = getattr(getattr(item, 'callspec', None), 'params', {})
-        return any(isinstance(v, str) and v in others for v in params.values())
-
-    deselected = [item for item in items if other_width(item)]
+        other_width = any(isinstance(v, str) and v in others for v in params.values())
+        (deselected if other_width else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not other_width(item)]
+        items[:] = kept
 
 
 @pytest.fixture(scope='session')

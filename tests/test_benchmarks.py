@@ -25,21 +25,15 @@ def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
-def _refused(script: str, *args: str) -> tuple:
+def _refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, script: str, *args: str) -> tuple:
     """``(exit status, stderr)`` of a benchmark's command line that its parser refuses, run in this process: the
     parser exits before any benchmark runs, so each case skips an interpreter start and its torch import."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    argv, path = sys.argv, list(sys.path)
-    sys.argv, sys.path[:0] = [script, *args], [str(BENCH)]
-    try:
-        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
-            runpy.run_path(str(BENCH / script), run_name='__main__')
-    finally:
-        sys.argv, sys.path[:] = argv, path
-    return e.value.code, err.getvalue()
+    monkeypatch.setattr(sys, 'argv', [script, *args])
+    monkeypatch.syspath_prepend(str(BENCH))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(BENCH / script), run_name='__main__')
+    return e.value.code, capsys.readouterr().err
 
 
 @pytest.fixture(scope='module')
@@ -161,12 +155,12 @@ def test_report_errors_name_the_file(tmp_path):
     assert res.returncode == 1 and f'{wrong}: expected the JSON of bench_inference.py' in res.stderr
 
 
-def test_bad_arguments_are_refused_with_the_parameter_named():
-    code, err = _refused('bench_inference.py', '--batch-sizes', '1,x')
+def test_bad_arguments_are_refused_with_the_parameter_named(monkeypatch, capsys):
+    code, err = _refused(monkeypatch, capsys, 'bench_inference.py', '--batch-sizes', '1,x')
     assert code == 2 and '--batch-sizes: expected comma-separated positive integers' in err
-    code, err = _refused('bench_inference.py', '--rows', 'deploy')
+    code, err = _refused(monkeypatch, capsys, 'bench_inference.py', '--rows', 'deploy')
     assert code == 2 and '--rows' in err
-    code, err = _refused('bench_train.py', '--batch-sizes', '0')
+    code, err = _refused(monkeypatch, capsys, 'bench_train.py', '--batch-sizes', '0')
     assert code == 2 and '--batch-sizes' in err
 
 
@@ -390,9 +384,10 @@ def test_report_renders_the_peers_tables_and_readme_line(peers, tmp_path):
 
 @pytest.mark.parametrize('option, value', [('--models', 'ghostnet_200'), ('--formats', 'tflite'),
                                            ('--precisions', 'bf16'), ('--models', '')])
-def test_bad_peers_arguments_are_refused_with_the_option_named(option, value, tmp_path):
+def test_bad_peers_arguments_are_refused_with_the_option_named(option, value, tmp_path, monkeypatch, capsys):
     # --short and --out bound what a parser that let the value through would run and where it would write
-    code, err = _refused('bench_peers.py', '--short', '--out', str(tmp_path / 'peers.json'), option, value)
+    code, err = _refused(monkeypatch, capsys, 'bench_peers.py', '--short', '--out', str(tmp_path / 'peers.json'),
+                         option, value)
     what = f'unknown {value!r}' if value else 'empty'
     assert code == 2 and f'{option}: {what}; expected a comma-separated subset of ' in err
     assert not (tmp_path / 'peers.json').exists()

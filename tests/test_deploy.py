@@ -337,7 +337,6 @@ def test_torch_compile_captures_one_graph(pair050):
         assert _max_diff(compiled(X96), model(X96)) <= TOL
 
 
-
 def test_onnx_export_with_dynamic_batch_matches_onnxruntime(pair050, tmp_path):
     ort = pytest.importorskip('onnxruntime')
     model, fused = pair050
