@@ -21,9 +21,13 @@ REDUCED_SCENES = dict(canvas=96, min_size=20, max_size=40, train_scenes=240, val
 # floors of the reduced runs (batches of 8 on 240 scenes of 96 px, from a 2-epoch digits classifier)
 REDUCED_MAP50_FLOOR = 0.25  # measured 0.44 (4 epochs)
 REDUCED_MIOU_FLOOR = 0.12  # measured 0.16 (8 epochs); predicting background everywhere scores 0.086
-# the full detection run's floor (docs/dense.md; measured 0.95); the segmentation run's is in
-# tests/test_segment_demo_full.py (its own file, so that CI's slow step runs the two on two workers at once)
-FULL_MAP50_FLOOR = 0.80
+# The slow test runs the detection demo's documented settings on half its scenes (400 train / 100 held-out, the same
+# 128 px canvas, digits and 4 epochs): 129 s of CPU against 236 s for the documented 800 / 200, which keeps CI within
+# 30 minutes on 2 cores. Measured mAP@0.5 0.813 (and 0.889 on the scenes of seed 1); the documented run 0.951
+# (docs/dense.md). The segmentation run's floor is in tests/test_segment_demo_full.py (its own file, so that CI's
+# slow step runs the two on two workers at once), on the documented settings in full.
+HALF_SCENES = dict(train_scenes=400, val_scenes=100)
+HALF_MAP50_FLOOR = 0.70
 
 
 @pytest.fixture(scope='module')
@@ -99,10 +103,12 @@ def test_cli_dense_task_refuses_the_classify_settings(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_detect_demo_full_run_reaches_its_floor(full_digits_weights, tmp_path):
+def test_detect_demo_on_half_its_scenes_reaches_its_floor(full_digits_weights, tmp_path):
     cfg = default_config('detect')
+    cfg.scenes = SceneConfig(**HALF_SCENES)  # the rest of SceneConfig's defaults: the documented scenes
     cfg.digits_weights = full_digits_weights
     result = run_detect_demo(tmp_path / 'det', cfg, progress=False, log=lambda s: None)
-    assert result.metrics['mAP50'] >= FULL_MAP50_FLOOR, result.metrics
+    assert (result.num_train, result.num_val) == (400, 100)
+    assert result.metrics['mAP50'] >= HALF_MAP50_FLOOR, result.metrics
     assert result.folded_max_abs_diff < 1e-3
     (tmp_path / 'det' / 'model.safetensors').unlink()

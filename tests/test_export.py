@@ -185,25 +185,16 @@ def test_fp32_export_reloads_within_tolerance(model, tmp_path, fmt, monkeypatch)
     assert outside <= {'aten.view_copy.default'}, outside
 
 
-@pytest.fixture(scope='module')
-def digits_64(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The digits ImageFolder's training split at 64 px (calibration images for int8 exports at ``IMG``)."""
-    from timm_ghost.data import write_digits_imagefolder
-
-    root = write_digits_imagefolder(tmp_path_factory.mktemp('digits64') / 'data', img_size=IMG).root
-    yield root / 'train'
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.parametrize('name', ['ghostnet_050', 'ghostnet_100', 'ghostnet_130'])
-def test_onnxruntime_padded_form_at_every_width(tmp_path, digits_64, name):
+def test_onnxruntime_padded_form_at_every_width(tmp_path, name):
     """ONNX Runtime's export form (feature maps padded to multiples of 16 channels) at every width: fp32 within 1e-4
     of the eval model, loaded with idle threads spinning (the default: ONNX Runtime's own, and about 1.3x faster at
-    batch 1 for ghostnet_100 on 2 threads) and without; int8 from the same form within 10 % of the largest logit of
-    fp32 and agreeing with its top-1 on the held-out digits as the export checks (>= 0.9)."""
+    batch 1 for ghostnet_100 on 2 threads) and without. Its int8 export is tested on trained weights at every width
+    (test_onnxruntime_int8_form_agrees_on_trained_weights_at_every_width: random weights give near-tied logits among
+    1000 classes, which says little about a quantizer)."""
     _runtime('onnx')
     from timm_ghost.export._onnxruntime import session_options
-    from timm_ghost.export.form import GhostBottleneckPadded, int8_weights_saturate
+    from timm_ghost.export.form import GhostBottleneckPadded
 
     model = randomize_(timm.create_model(name), seed=0).eval()
     form = export_form(model, pad=16)
@@ -224,17 +215,6 @@ def test_onnxruntime_padded_form_at_every_width(tmp_path, digits_64, name):
     options = session_options(3, spin=False)
     assert options.get_session_config_entry('session.intra_op.allow_spinning') == '0'
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
-
-    # random weights give near-tied logits among 1000 classes: where the CPU needs 7-bit int8 weights (no VNNI,
-    # int8_weights_saturate) ghostnet_130's held-out agreement measured 0.844; trained weights keep their accuracy
-    # at every width there too (test_onnxruntime_int8_form_agrees_on_trained_weights_at_every_width)
-    min_agreement = 0.8 if int8_weights_saturate() else 0.9
-    result = export_model(model, tmp_path / 'int8', 'onnx', 'int8', img_size=IMG, calib=digits_64, calib_size=32,
-                          holdout_size=32, speed_check=False, min_agreement=min_agreement)
-    got = load_export(tmp_path / 'int8', threads=2)(x.numpy())
-    assert np.abs(got - ref).max() <= 0.1 * np.abs(ref).max()
-    assert np.abs(got - ref).max() > 1e-3  # quantized, not fp32
-    assert result.metadata['verification']['heldout_top1_agreement'] >= min_agreement
 
 
 def test_padding_keeps_feature_maps_of_other_modules_and_refuses_other_models(model):
@@ -319,7 +299,10 @@ def test_onnxruntime_int8_form_agrees_on_trained_weights_at_every_width(digits, 
     int8_top1 = 100 * (logits.argmax(1) == targets).double().mean().item()
     assert int8_top1 >= fp32_top1 - 1.0, f'{name} int8 top-1 {int8_top1:.2f} % vs fp32 {fp32_top1:.2f} %'
     assert (logits.argmax(1) == fp32).double().mean() >= 0.95
-    assert (logits - fp32_logits).abs().max() > 1e-3  # quantized, not fp32
+    # the largest logit error over the 360 digits, relative to the largest fp32 logit: quantized, not fp32, and near it
+    # (measured 0.068 / 0.113 / 0.091 for the three widths where int8 weights take 7 bits, int8_weights_saturate)
+    err = (logits - fp32_logits).abs().max().item() / fp32_logits.abs().max().item()
+    assert 1e-4 < err <= 0.2, err
 
 
 def test_held_out_check_needs_enough_images(digits, tmp_path):
