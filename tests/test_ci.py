@@ -36,12 +36,13 @@ def test_ci_runs_the_readme_test_command_line_by_line():
     ci = _ci_commands()
     at = [ci.index(line) for line in readme]
     assert at == sorted(at)
-    # between them only bookkeeping: the elapsed times, waiting for the Paddle environment, starting the floor build
+    # between them only bookkeeping: the elapsed times, waiting for the Paddle environment
     between = ci[at[0] + 1:at[-1]]
     assert [line for line in between if line not in readme] == [
-        "elapsed 'main environment'", 'finish "$paddle_job" "$LOGS/paddle.log"', "elapsed 'paddle environment'",
-        '(deactivate; FLOOR_STEPS=build nice -n 10 bash .ci/floor-env) > "$LOGS/floor-build.log" 2>&1 &',
-        'floor_job=$!']
+        "elapsed 'main environment'", 'finish "$paddle_job" "$LOGS/paddle.log"', "elapsed 'paddle environment'"]
+    # the side environments start before the main one, in the background
+    assert ci.index('FLOOR_STEPS=build nice -n 10 bash .ci/floor-env > "$LOGS/floor-build.log" 2>&1 &') < at[0]
+    assert ci.index('bash .ci/setup-paddle .venv-paddle > "$LOGS/paddle.log" 2>&1 &') < at[0]
 
 
 def test_ci_steps_cannot_fail_silently():
@@ -70,7 +71,8 @@ def test_the_floor_environment_is_the_built_wheel():
     # lists only in the conditions of `if` / `for` (finding the interpreter), which set -e leaves alone by design
     assert [line for line in floor if re.search(r'&&|\|\|', line) and not line.startswith(('if ', 'for '))] == []
     steps = [
-        '"$WORK/tools/bin/python" -m build --outdir "$WORK/dist" .',
+        'git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$WORK/src"',
+        '"$WORK/tools/bin/python" -m build --outdir "$WORK/dist" "$WORK/src"',
         '"$WORK/tools/bin/python" -m twine check --strict "$WORK"/dist/*',
         "step 'wheel built and checked'",
         '"$PYTHON" -m venv "$WORK/venv"',
