@@ -36,10 +36,11 @@ def test_ci_runs_the_readme_test_command_line_by_line():
     ci = _ci_commands()
     at = [ci.index(line) for line in readme]
     assert at == sorted(at)
-    # between them only bookkeeping: the elapsed times, waiting for the Paddle environment
+    # between them only bookkeeping: the elapsed times, starting the slow tests, waiting for the Paddle environment
     between = ci[at[0] + 1:at[-1]]
     assert [line for line in between if line not in readme] == [
-        "elapsed 'main environment'", 'finish "$paddle_job" "$LOGS/paddle.log"', "elapsed 'paddle environment'"]
+        "elapsed 'main environment'", 'nice -n 10 python -m pytest -q -m slow > "$LOGS/slow.log" 2>&1 &',
+        'slow_job=$!', 'finish "$paddle_job" "$LOGS/paddle.log"', "elapsed 'paddle environment'"]
     # the side environments start before the main one, in the background
     assert ci.index('FLOOR_STEPS=build nice -n 10 bash .ci/floor-env > "$LOGS/floor-build.log" 2>&1 &') < at[0]
     assert ci.index('bash .ci/setup-paddle .venv-paddle > "$LOGS/paddle.log" 2>&1 &') < at[0]
@@ -52,7 +53,7 @@ def test_ci_steps_cannot_fail_silently():
     lists = [line for line in ci if re.search(r'&&|\|\|', line)]
     assert lists == []
     assert 'export TIMM_GHOST_STRICT_SKIPS=1' in ci
-    assert 'python -m pytest -q -m slow > "$LOGS/slow.log" 2>&1 &' in ci
+    assert 'nice -n 10 python -m pytest -q -m slow > "$LOGS/slow.log" 2>&1 &' in ci
     assert 'finish "$slow_job" "$LOGS/slow.log"' in ci
     assert 'python tests/timm_conformance/run.py' in ci
 
