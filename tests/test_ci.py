@@ -84,6 +84,7 @@ def test_the_floor_environment_is_the_built_wheel():
         ('python -m pip install --quiet pytest pytest-xdist scikit-learn pandas segmentation-models-pytorch '
          'pycocotools'),
         "TIMM_GHOST_TEST_INSTALLED=1 TIMM_GHOST_TEST_WIDTHS=ghostnet_050 pytest -q -m 'not slow' -k 'not onnx' \\",
+        'rm -rf "$WORK/pytest-tmp"',
         'python tests/timm_conformance/run.py --no-baseline',
     ]
     at = [floor.index(line) for line in steps]
